@@ -1,0 +1,68 @@
+"""`clarena-train` end to end, sweeps, and the errors bad input must give before any training."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def train(args, cwd):
+    return subprocess.run([sys.executable, "-m", "clarena.train", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_end_to_end_default_experiment(tmp_path, no_data_root):
+    r = train(["data.num_tasks=3", "trainer.limit_train_batches=25", "trainer.enable_progress_bar=false",
+               f"paths.data_dir={no_data_root}", "tags=[e2e]"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "pmnist_finetuning" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("acc_matrix", "loss_matrix", "avg_acc", "avg_loss", "bwt", "fwt", "forgetting", "config",
+                "data_source", "seed", "commit", "task_wall_s"):
+        assert key in m, key
+    assert [len(r) for r in m["acc_matrix"]] == [1, 2, 3]
+    assert len(m["avg_acc"]) == len(m["avg_loss"]) == len(m["task_wall_s"]) == 3
+    # permuted MNIST, 10 classes: every task well above chance (0.1) right after it is learned
+    assert all(m["acc_matrix"][t][t] > 0.5 for t in range(3)), m["acc_matrix"]
+    assert m["data_source"] == "mnist-bundled-10k" and "bundled MNIST sample" in m["note"]
+    assert m["config"]["data"]["num_tasks"] == 3 and m["tags"] == ["e2e"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["task_0.ckpt", "task_1.ckpt", "task_2.ckpt"]
+    for f in ("acc_matrix.csv", "acc_matrix.png", "avg_acc.png", "task_acc.png", "config.yaml", "csv/task_2/metrics.csv"):
+        assert (run / f).stat().st_size > 0, f
+    assert not (run / "progress.json").exists()
+    rows = (run / "acc_matrix.csv").read_text().splitlines()
+    assert len(rows) == 3 and abs(float(rows[2].split(",")[1]) - m["acc_matrix"][2][1]) < 1e-6
+
+
+def test_multirun_and_run_dir(tmp_path, no_data_root):
+    common = ["experiment=smnist_til_finetuning", "data.num_tasks=2", "trainer.limit_train_batches=5",
+              "trainer.limit_test_batches=1", "measure_fwt=false", "trainer.enable_progress_bar=false", f"paths.data_dir={no_data_root}"]
+    r = train(["-m", "seed=1,2", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "smnist_til_finetuning" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    seeds = sorted(json.loads((sweeps[0] / job / "metrics.json").read_text())["seed"] for job in ("0", "1"))
+    assert seeds == [1, 2]
+    r = train([*common, f"hydra.run.dir={tmp_path / 'exact'}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "exact" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["data.dataset=mnistt"], 2, "unknown dataset 'mnistt'; valid choices: 'mnist', 'fashion_mnist'"),
+    (["model/algorithm=nope"], 1, "Available options in 'model/algorithm'"),
+    (["experiment=smnist_cil_finetuning", "model/head=til"], 2, "SplitDataModule in scenario CIL needs a CIL head (model/head=cil)"),
+    (["experiment=smnist_til_finetuning", "data.num_tasks=6"], 2, "can make at most 5 tasks, got num_tasks=6"),
+    (["trainer.max_epochs=-1"], 2, "trainer.max_epochs must be an integer >= 1, got -1"),
+    (["data.scenario=XIL"], 2, "unknown scenario for PermutedDataModule 'XIL'; valid choices: 'TIL'"),
+])
+def test_bad_input_fails_before_training(tmp_path, args, code, message):
+    r = train(args, tmp_path)
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert message in r.stderr, r.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
