@@ -122,13 +122,13 @@ def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
 def run_experiment(cfg: DictConfig) -> dict:
     "Run the continual-learning experiment `cfg` end to end; return the contents of its `metrics.json`."
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # before build: the initial weights come from the seed
     dm, algo = build(cfg)
     run_dir = run_dir_for(cfg)
     quiet_lightning()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     measure_fwt = cfg.get("measure_fwt", True)
     untrained = copy.deepcopy(algo) if measure_fwt else None
     if cfg.get("compile"): algo.backbone.compile()

@@ -59,6 +59,7 @@ def test_multirun_and_run_dir(tmp_path, no_data_root):
     (["experiment=smnist_cil_finetuning", "model/head=til"], 2, "SplitDataModule in scenario CIL needs a CIL head (model/head=cil)"),
     (["experiment=smnist_til_finetuning", "data.num_tasks=6"], 2, "can make at most 5 tasks, got num_tasks=6"),
     (["trainer.max_epochs=-1"], 2, "trainer.max_epochs must be an integer >= 1, got -1"),
+    (["experiment=smnist_cil_finetuning", "model/algorithm=hat"], 2, "HAT is defined for scenarios TIL, not CIL"),
     (["data.scenario=XIL"], 2, "unknown scenario for PermutedDataModule 'XIL'; valid choices: 'TIL'"),
 ])
 def test_bad_input_fails_before_training(tmp_path, args, code, message):

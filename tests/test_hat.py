@@ -1,0 +1,129 @@
+"""HAT proven by its invariants (Serra et al., ICML 2018), not by a smoke run."""
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from clarena.algorithms.hat import HAT, anneal_s
+from clarena.core import ConfigError
+from clarena.loop import build, make_trainer, run_experiment
+from clarena.train import compose_config
+
+from conftest import FASHION_DIR
+
+
+def hat_cfg(tmp_path, data_root, *extra):
+    return compose_config("pmnist_hat", ["data.num_tasks=3", "model.backbone.hidden_dims=[64,64]", "trainer.enable_progress_bar=false",
+                                         "trainer.limit_train_batches=40", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_root}",
+                                         "measure_fwt=false", *extra])
+
+
+class RecordS(L.Callback):
+    "Records HAT's s at every training batch (after the module's own on_train_batch_start has set it)."
+    def __init__(self): self.s = []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.s.append((trainer.current_epoch, pl_module.s))
+
+
+def train_task(cfg, dm, algo, t, callbacks=()):
+    trainer = make_trainer(cfg, Path(cfg.paths.output_dir), t)
+    trainer.callbacks.extend(callbacks)
+    dm.setup_task(t)
+    algo.setup_task(t, dm.num_new_classes(t))
+    trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
+    algo.on_task_end(t)
+    return trainer
+
+
+def test_protected_weights_unchanged_bit_for_bit(tmp_path, no_data_root):
+    cfg = hat_cfg(tmp_path, no_data_root)
+    L.seed_everything(0)
+    dm, algo = build(cfg)
+    train_task(cfg, dm, algo, 0)
+    x0, _ = dm.test_views[0].batch(torch.arange(500))
+    algo.eval()
+    with torch.no_grad(): logits_before = algo(x0, 0).clone()
+    algo.train()
+    before = {k: v.clone() for k, v in algo.state_dict().items()}
+    # task 1: the factors come from the cumulative mask of task 0
+    dm.setup_task(1); algo.setup_task(1, 10)
+    factors = [(wf.clone(), bf.clone()) for wf, bf in algo._factors]
+    trainer = make_trainer(cfg, Path(cfg.paths.output_dir), 1)
+    trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
+    algo.on_task_end(1)
+    after = algo.state_dict()
+    protected = moved = 0
+    for l, (wf, bf) in enumerate(factors):
+        for name, f in ((f"backbone.fcs.{l}.weight", wf), (f"backbone.fcs.{l}.bias", bf)):
+            frozen = f == 0
+            assert torch.equal(after[name][frozen], before[name][frozen]), name  # bit for bit
+            protected += int(frozen.sum())
+            moved += int((after[name][~frozen] != before[name][~frozen]).sum())
+    assert protected > 1000 and moved > 1000, (protected, moved)  # both sets are large: the check has teeth
+    for k in before:  # task 0's head and embeddings are untouched
+        if k.startswith(("head.heads.0.", "embeddings.0.")): assert torch.equal(after[k], before[k]), k
+    algo.eval()
+    with torch.no_grad(): logits_after = algo(x0, 0)
+    assert torch.equal(logits_after.argmax(1), logits_before.argmax(1))
+    assert torch.allclose(logits_after, logits_before, atol=1e-4), (logits_after - logits_before).abs().max()
+
+
+def test_s_anneals_every_epoch_and_cum_mask_grows(tmp_path, no_data_root):
+    cfg = hat_cfg(tmp_path, no_data_root, "trainer.max_epochs=2", "trainer.limit_train_batches=7")
+    dm, algo = build(cfg)
+    cums = [[c.clone() for c in algo.cum_masks]]
+    rec = RecordS()
+    for t in range(3):
+        train_task(cfg, dm, algo, t, [rec] if t == 0 else [])
+        cums.append([c.clone() for c in algo.cum_masks])
+    for epoch in (0, 1):
+        s = [v for e, v in rec.s if e == epoch]
+        assert len(s) == 7 and s[0] == pytest.approx(1 / 400) and s[-1] == pytest.approx(400)
+        assert all(b > a > 0 for a, b in zip(s, s[1:]))
+        assert s == pytest.approx([anneal_s(b, 7, 400) for b in range(7)])
+    for prev, cur in zip(cums, cums[1:]):
+        assert all(bool((c >= p).all()) for p, c in zip(prev, cur))
+    assert all(float(c.sum()) > 0 for c in cums[-1])
+
+
+def test_no_capacity_left_is_finite_and_warned(tmp_path, no_data_root):
+    dm, algo = build(hat_cfg(tmp_path, no_data_root))
+    algo.setup_task(0, 10); algo.on_task_end(0)
+    for c in algo.cum_masks: c.fill_(1.0)
+    with pytest.warns(UserWarning, match=r"HAT task 1: little free capacity left, free fraction per layer \[0.0, 0.0\]"):
+        algo.setup_task(1, 10)
+    algo.train()
+    algo(torch.randn(4, 1, 28, 28), 1)
+    reg = algo.extra_loss()
+    assert torch.isfinite(reg) and float(reg) == 0.0
+
+
+def test_refuses_weight_decay_and_cil(tmp_path, no_data_root):
+    dm, algo = build(hat_cfg(tmp_path, no_data_root))
+    with pytest.raises(ConfigError, match="weight_decay=0.01"):
+        algo.check_optimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, weight_decay=0.01))
+    with pytest.raises(ConfigError, match="HAT is defined for scenarios TIL, not CIL"):
+        build(compose_config("smnist_cil_finetuning", ["model/algorithm=hat", f"paths.data_dir={no_data_root}"]))
+    with pytest.warns(UserWarning, match="plain SGD"):
+        algo.check_optimizer(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]))
+
+
+@pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
+                    reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+def test_hat_beats_finetuning_on_permuted_fashion_mnist(tmp_path):
+    common = ["data=permuted_fashion_mnist", "data.num_tasks=5", "trainer.max_epochs=3", "trainer.limit_train_batches=300",
+              "data.val_size=0", "trainer.enable_progress_bar=false", "measure_fwt=false", "paths.data_dir=/nonexistent"]
+    res = {}
+    for algo in ("finetuning", "hat"):
+        cfg = compose_config("pmnist_hat", [f"model/algorithm={algo}", f"paths.output_dir={tmp_path / algo}", *common])
+        res[algo] = run_experiment(cfg)
+    ft, hat = res["finetuning"], res["hat"]
+    assert ft["data_source"].startswith("idx:/usr/share/datasets/fashion-mnist")
+    print({k: (v["final_avg_acc"], v["bwt"], v["acc_matrix"][-1]) for k, v in res.items()})
+    # measured here: HAT 0.816 vs Finetuning 0.802 on average; on task 0, 0.828 vs 0.756
+    assert hat["final_avg_acc"] > ft["final_avg_acc"] + 0.01
+    assert hat["acc_matrix"][-1][0] > ft["acc_matrix"][-1][0] + 0.04
+    assert ft["bwt"] < -0.025 and ft["forgetting"] > 0.025
+    assert abs(hat["bwt"]) < 0.002 and hat["forgetting"] < 0.002
