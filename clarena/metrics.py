@@ -76,13 +76,13 @@ def summarize(acc_rows: list, loss_rows: list, pre_acc: list | None = None, untr
 def plot_acc_matrix(R: np.ndarray, label: str = "") -> Figure:
     "Heat map of the accuracy matrix, one cell per (trained task, tested task)."
     T = len(R)
-    fig = Figure(figsize=(1.2 + 0.55 * T, 1.0 + 0.5 * T))
+    fig = Figure(figsize=(max(4.5, 1.2 + 0.55 * T), max(3.6, 1.0 + 0.5 * T)))
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
     for i in range(T):
         for j in range(i + 1):
             ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if R[i, j] < 0.6 else "k")
-    ax.set(xlabel="tested on task", ylabel="after training task", xticks=range(T), yticks=range(T), title=f"Accuracy matrix {label}".strip())
+    ax.set(xlabel="tested on task", ylabel="after training task", xticks=range(T), yticks=range(T), title=f"Accuracy matrix\n{label}".strip())
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig

@@ -56,8 +56,14 @@ class CLAlgorithm(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x, self.task_id), y)
-        self.log("train/loss", loss, prog_bar=True)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         return loss + self.extra_loss()
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        "Batches from `TensorBatches` are already on the device: skip Lightning's generic walk over the batch."
+        if isinstance(batch, (tuple, list)) and all(torch.is_tensor(b) and b.device == device for b in batch): return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_backward(self): self.adjust_gradients()
 

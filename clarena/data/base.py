@@ -20,7 +20,7 @@ from ..core import ConfigError, check_choice, check_positive_int
 
 # %% auto #0
 __all__ = ['DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'load_source', 'TaskView', 'TensorBatches', 'CLDataModule', 'normalizer']
+           'load_source', 'TaskView', 'TensorBatches', 'host_dataloader', 'CLDataModule', 'normalizer']
 
 # %% ../../nbs/01_data.ipynb #94584ce2
 def read_idx(path) -> np.ndarray:
@@ -143,18 +143,17 @@ def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "a
 # %% ../../nbs/01_data.ipynb #b5428c3f
 @dataclass
 class TaskView:
-    "Rows of `x` (all rows if `rows` is None) with labels `y`, and the batched transform `prepare`."
-    x: torch.Tensor             # (N, C, H, W) uint8, shared between tasks
+    "A task's uint8 images `x` and head labels `y`, the batched transform `prepare`, and the source rows they came from."
+    x: torch.Tensor             # (n, C, H, W) uint8
     y: torch.Tensor             # (n,) int64 labels as the head sees them
-    rows: torch.Tensor | None   # (n,) indices into x, or None for all of x
     prepare: Callable[[torch.Tensor], torch.Tensor]
+    source_rows: torch.Tensor | None = None  # (n,) indices into the source split (None: all of it, in order)
 
     def __len__(self): return len(self.y)
 
     def batch(self, idx: torch.Tensor):
         "The prepared input and labels of view positions `idx`."
-        rows = idx if self.rows is None else self.rows[idx]
-        return self.prepare(self.x[rows]), self.y[idx]
+        return self.prepare(self.x[idx]), self.y[idx]
 
 # %% ../../nbs/01_data.ipynb #6c94503d
 class TensorBatches:
@@ -167,13 +166,36 @@ class TensorBatches:
         n = len(self.view)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def index_batches(self):
+        "The view positions of each batch of one epoch (a new shuffle each call)."
         n, dev = len(self.view), self.view.y.device
         order = torch.randperm(n, generator=self.generator).to(dev) if self.shuffle else torch.arange(n, device=dev)
         for b in range(len(self)):
-            yield self.view.batch(order[b * self.batch_size:(b + 1) * self.batch_size])
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __iter__(self):
+        for idx in self.index_batches(): yield self.view.batch(idx)
 
 # %% ../../nbs/01_data.ipynb #330c541d
+class _IndexSampler:
+    "A DataLoader batch sampler yielding the index batches of a `TensorBatches`."
+    def __init__(self, tb: TensorBatches): self.tb = tb
+    def __len__(self): return len(self.tb)
+    def __iter__(self):
+        for idx in self.tb.index_batches(): yield idx.tolist()
+
+class _GatherBatch:
+    "DataLoader collate: gather and prepare a whole batch of a `TaskView` at once."
+    def __init__(self, view: TaskView): self.view = view
+    def __call__(self, idx: list): return self.view.batch(torch.tensor(idx))
+
+def host_dataloader(tb: TensorBatches, num_workers: int = 0, pin_memory: bool = False):
+    "A `DataLoader` over `tb`'s (host-resident) view that yields the same batches as `tb`."
+    from torch.utils.data import DataLoader
+    return DataLoader(range(len(tb.view)), batch_sampler=_IndexSampler(tb), collate_fn=_GatherBatch(tb.view),
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+
+# %% ../../nbs/01_data.ipynb #78f360b1
 class CLDataModule(L.LightningDataModule):
     "Base continual-learning datamodule: a sequence of tasks built from one source dataset."
     max_tasks: int | None = None  # how many tasks the benchmark can make (None: unlimited)
@@ -181,9 +203,11 @@ class CLDataModule(L.LightningDataModule):
 
     def __init__(self, dataset: str = "mnist", num_tasks: int = 10, scenario: str = "TIL", root: str = "data",
                  source: str = "auto", download: bool = False, val_size: float = 0.1, batch_size: int = 64,
-                 eval_batch_size: int = 1000, seed: int = 0, device: str = "cpu"):
+                 eval_batch_size: int = 1000, seed: int = 0, device: str = "cpu", loader: str = "device", num_workers: int = 0):
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
+        check_choice("loader", loader, ("device", "dataloader"))
+        self.loader, self.num_workers = loader, num_workers
         check_choice(f"scenario for {type(self).__name__}", scenario, self.scenarios)
         check_positive_int("num_tasks", num_tasks)
         if self.max_tasks is not None and num_tasks > self.max_tasks:
@@ -203,7 +227,7 @@ class CLDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def _make_view(self, task_id: int, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None) -> TaskView:
-        "The view of task `task_id` over `x[rows]` (rows None: all) with original labels `y`."
+        "The view of task `task_id` made from `x[rows]` (rows None: all of `x`) with original labels `y`."
         raise NotImplementedError
 
     # --- shared machinery ---
@@ -224,17 +248,20 @@ class CLDataModule(L.LightningDataModule):
         n_val = int(round(self.val_size * n)) if self.val_size < 1 else int(self.val_size)
         if n_val >= n: raise ConfigError(f"val_size={self.val_size} leaves no training data ({n} samples)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        self.val_rows, self.train_rows = order[:n_val].sort().values, order[n_val:].sort().values
+        self.val_rows = order[:n_val].sort().values
+        self.train_rows = order[n_val:].sort().values if n_val else None  # None: all of the training split
         self.data = d
         self.to(self.device)
 
     def to(self, device):
-        "Keep the images on `device`: batches are then gathered there, with no host-to-device copies per step."
-        self.device = torch.device(device)
+        "Keep the images on `device` (with `loader='device'`): batches are then gathered there, with no host-to-device copies per step."
+        self.train_device = torch.device(device)
+        self.device = self.train_device if self.loader == "device" else torch.device("cpu")
         if self.data is not None:
             d = self.data
             for k in ("x_train", "y_train", "x_test", "y_test"): setattr(d, k, getattr(d, k).to(self.device))
-            self.val_rows, self.train_rows = self.val_rows.to(self.device), self.train_rows.to(self.device)
+            self.val_rows = self.val_rows.to(self.device)
+            if self.train_rows is not None: self.train_rows = self.train_rows.to(self.device)
             self.test_views = {t: self._view(t, "test") for t in self.test_views}
         return self
 
@@ -253,21 +280,25 @@ class CLDataModule(L.LightningDataModule):
         self.train_view, self.val_view = self._view(task_id, "train"), self._view(task_id, "val")
         self.test_views[task_id] = self._view(task_id, "test")
 
+    def _serve(self, tb: TensorBatches):
+        if self.loader == "device": return tb
+        return host_dataloader(tb, self.num_workers, pin_memory=getattr(self, "train_device", self.device).type == "cuda")
+
     def train_dataloader(self):
-        return TensorBatches(self.train_view, self.batch_size, shuffle=True, seed=self.seed * 1000 + self.task_id)
+        return self._serve(TensorBatches(self.train_view, self.batch_size, shuffle=True, seed=self.seed * 1000 + self.task_id))
 
     def val_dataloader(self):
-        return TensorBatches(self.val_view, self.eval_batch_size) if len(self.val_view) else []
+        return self._serve(TensorBatches(self.val_view, self.eval_batch_size)) if len(self.val_view) else []
 
     def test_dataloader(self, task_ids=None):
         "One loader per task in `task_ids` (default: every task seen so far), in that order."
         task_ids = sorted(self.test_views) if task_ids is None else task_ids
-        return [TensorBatches(self.test_views[t], self.eval_batch_size) for t in task_ids]
+        return [self._serve(TensorBatches(self.test_views[t], self.eval_batch_size)) for t in task_ids]
 
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
 
-# %% ../../nbs/01_data.ipynb #efc10bbf
+# %% ../../nbs/01_data.ipynb #1c8bbaf0
 def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
     "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."
     std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)

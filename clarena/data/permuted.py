@@ -28,5 +28,6 @@ class PermutedDataModule(CLDataModule):
     def task_classes(self, task_id: int) -> list[int]: return list(range(self.info.num_classes))
 
     def _make_view(self, task_id, x, y, rows):
-        perm, norm, shape = self.perms[task_id].to(x.device), normalizer(self.info, x.device), x.shape[1:]
-        return TaskView(x, y if rows is None else y[rows], rows, lambda xb: norm(xb.flatten(1)[:, perm].view(-1, *shape)))
+        xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+        permuted = xs.flatten(1)[:, self.perms[task_id].to(x.device)].view(xs.shape)
+        return TaskView(permuted, ys, normalizer(self.info, x.device), rows)

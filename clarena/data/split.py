@@ -46,4 +46,4 @@ class SplitDataModule(CLDataModule):
         ys = y if rows is None else y[rows]
         keep = torch.isin(ys, torch.tensor(self.task_classes(task_id), device=ys.device)).nonzero().flatten()
         rows = keep if rows is None else rows[keep]
-        return TaskView(x, self.label_map.to(y.device)[y[rows]], rows, normalizer(self.info, x.device))
+        return TaskView(x[rows], self.label_map.to(y.device)[y[rows]], normalizer(self.info, x.device), rows)

@@ -29,7 +29,8 @@ class MLP(nn.Module):
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.bns = nn.ModuleList(nn.BatchNorm1d(h) for h in hidden_dims) if batch_norm else None
         self.act = ACTIVATIONS[activation]()
-        self.input_drop, self.drop = nn.Dropout(input_dropout), nn.Dropout(dropout)
+        self.input_drop = nn.Dropout(input_dropout) if input_dropout else nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
         self.output_dim, self.mask_sizes = hidden_dims[-1], hidden_dims
 
     def gated_layers(self): return [(fc, 1) for fc in self.fcs]

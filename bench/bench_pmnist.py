@@ -1,0 +1,92 @@
+"""clarena's default experiment against the plain-PyTorch yardstick, same settings, one invocation.
+
+Runs `../shared/bench/limit_pmnist.py` (a hand-written loop over tensors held on the device) and
+`clarena-train` on permuted Fashion-MNIST, task-incremental, MLP, one head per task, with the same
+tasks, epochs, batch size, hidden sizes, learning rate and seed, each as its own process, and times
+each end to end (process start, imports and data loading included). Prints a table and one JSON
+line per algorithm: wall seconds of both, their ratio, steps per second, peak host memory.
+
+    python bench/bench_pmnist.py --algo finetuning hat --tasks 3 --epochs 1 --batch 128
+    python bench/bench_pmnist.py --device cuda --tasks 10 --batch 64 -- trainer.precision=bf16-mixed
+
+Anything after `--` is passed to clarena-train as extra overrides (speed options, say).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd, env):
+    "Run `cmd`; return (wall seconds, peak RSS in MB of that process, its stdout)."
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0); err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"command failed: {' '.join(cmd)}\n{err.read()[-3000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algo", nargs="+", default=["finetuning", "hat"], choices=["finetuning", "hat"])
+    ap.add_argument("--tasks", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--yardstick", default=str(ROOT.parent / "shared" / "bench" / "limit_pmnist.py"))
+    ap.add_argument("--threads", default=os.environ.get("OMP_NUM_THREADS", "1"), help="OMP_NUM_THREADS for both")
+    ap.add_argument("overrides", nargs="*", help="extra clarena-train overrides (after --)")
+    a = ap.parse_args()
+    if not Path(a.yardstick).exists(): sys.exit(f"yardstick not found: {a.yardstick} (pass --yardstick)")
+    if not Path(a.data, "train-images-idx3-ubyte.gz").exists():
+        sys.exit(f"Fashion-MNIST not found in {a.data}: apt-get install dataset-fashion-mnist, or pass --data")
+    env = {**os.environ, "OMP_NUM_THREADS": a.threads, "MKL_NUM_THREADS": a.threads}
+    n_train = 60000
+    steps = a.tasks * a.epochs * math.ceil(n_train / a.batch)
+    results = []
+    for algo in a.algo:
+        ycmd = [sys.executable, a.yardstick, "--data", a.data, "--device", a.device, "--algo", algo, "--tasks", str(a.tasks),
+                "--epochs", str(a.epochs), "--batch", str(a.batch), "--hidden", str(a.hidden), "--layers", str(a.layers),
+                "--seed", str(a.seed), "--lr", "0.05"]
+        y_wall, y_peak, y_out = timed(ycmd, env)
+        y = json.loads(y_out.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory() as d:
+            ccmd = [sys.executable, "-m", "clarena.train", f"experiment=pmnist_{'hat' if algo == 'hat' else 'finetuning'}",
+                    "data=permuted_fashion_mnist", f"data.num_tasks={a.tasks}", f"trainer.max_epochs={a.epochs}",
+                    f"data.batch_size={a.batch}", "data.val_size=0", "data.eval_batch_size=1000", "measure_fwt=false",
+                    f"model.backbone.hidden_dims=[{','.join([str(a.hidden)] * a.layers)}]", "model.optimizer.lr=0.05",
+                    f"seed={a.seed}", "trainer.enable_progress_bar=false", f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
+                    f"paths.output_dir={d}/run", f"paths.data_dir={d}/none", *a.overrides]
+            c_wall, c_peak, _ = timed(ccmd, env)
+            m = json.loads(Path(d, "run", "metrics.json").read_text())
+        r = dict(algo=algo, device=a.device, tasks=a.tasks, epochs=a.epochs, batch=a.batch, hidden=a.hidden, layers=a.layers,
+                 threads=a.threads, overrides=a.overrides, steps=steps,
+                 yardstick_e2e_s=round(y_wall, 2), clarena_e2e_s=round(c_wall, 2), ratio_e2e=round(c_wall / y_wall, 3),
+                 yardstick_loop_s=y["wall_s"], clarena_train_s=round(sum(m["task_wall_s"]), 2), clarena_loop_s=round(m["total_wall_s"], 2),
+                 yardstick_steps_per_s=round(steps / y["wall_s"], 1), clarena_steps_per_s=round(steps / sum(m["task_wall_s"]), 1),
+                 yardstick_avg_acc=y["avg_acc"], clarena_avg_acc=round(m["final_avg_acc"], 4),
+                 yardstick_peak_rss_mb=round(y_peak, 1), clarena_peak_rss_mb=round(c_peak, 1))
+        results.append(r)
+        print(f"{algo:10s} yardstick {y_wall:6.2f} s  clarena {c_wall:6.2f} s  ratio {c_wall / y_wall:5.2f}  "
+              f"steps/s {r['yardstick_steps_per_s']} vs {r['clarena_steps_per_s']}  "
+              f"avg acc {y['avg_acc']:.4f} vs {m['final_avg_acc']:.4f}  peak RSS {y_peak:.0f} vs {c_peak:.0f} MB", flush=True)
+    for r in results: print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
