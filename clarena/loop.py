@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 
 # %% ../nbs/07_loop.ipynb #32323f17
 from __future__ import annotations
-import copy, datetime, json, logging, os, resource, subprocess, sys, time, warnings
+import copy, datetime, io, json, logging, os, resource, subprocess, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,28 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 import clarena
 from .core import ConfigError, check_positive_int
 from . import metrics as M
+from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore
 
 # %% auto #0
-__all__ = ['atomic_write', 'atomic_torch_save', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer',
-           'test_tasks', 'run_experiment', 'plot_label', 'write_results', 'load_metrics']
-
-# %% ../nbs/07_loop.ipynb #cdb3ed23
-def atomic_write(path: Path, data: bytes | str):
-    "Write `data` to `path` through a temporary file and a rename, so `path` is never half-written."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def atomic_torch_save(obj, path: Path):
-    "`torch.save` through `atomic_write`."
-    import io
-    buf = io.BytesIO(); torch.save(obj, buf); atomic_write(path, buf.getvalue())
+__all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_seed',
+           'run_experiment', 'plot_label', 'write_results', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -117,59 +100,80 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int]) -> dict:
         if bar is not None: bar.enable()
     return dict(algo.test_results)
 
-# %% ../nbs/07_loop.ipynb #8401523b
+# %% ../nbs/07_loop.ipynb #47a44046
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
+def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
+
+def _resume_point(cfg, dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
+    "Restore the last checkpoint of the run being resumed; return the next task and the progress so far."
+    ckpts = sorted((run_dir / "checkpoints").glob("task_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
+    if not ckpts: raise ConfigError(f"nothing to resume in {run_dir}: it has no checkpoints/task_*.ckpt")
+    if (run_dir / "metrics.json").exists(): raise ConfigError(f"{run_dir} holds a finished run (metrics.json); nothing to resume")
+    ckpt = load_checkpoint(ckpts[-1])
+    restore(algo, dm, ckpt)
+    done = ckpt["cl"]["task_id"] + 1
+    for t in range(done):
+        dm.setup_task(t)
+        if untrained is not None: untrained.setup_task(t, dm.num_new_classes(t))
+    print(f"[clarena] resuming {run_dir} after task {done - 1}", flush=True)
+    return done, ckpt["progress"]
+
 def run_experiment(cfg: DictConfig) -> dict:
-    "Run the continual-learning experiment `cfg` end to end; return the contents of its `metrics.json`."
+    "Run the continual-learning experiment `cfg` end to end (or resume it); return the contents of its `metrics.json`."
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before build: the initial weights come from the seed
     dm, algo = build(cfg)
-    run_dir = run_dir_for(cfg)
+    resume = cfg.get("resume")
+    run_dir = run_dir_for(cfg) if not resume else Path(resume)
     quiet_lightning()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     measure_fwt = cfg.get("measure_fwt", True)
     untrained = copy.deepcopy(algo) if measure_fwt else None
     if cfg.get("compile"): algo.backbone.compile()
-    acc_rows, loss_rows, pre_acc, untrained_acc, task_wall, reports = [], [], [], [], [], []
+    progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[])
+    first = 0
+    if resume: first, progress = _resume_point(cfg, dm, algo, untrained, run_dir)
+    else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    for t in range(dm.num_tasks):
+    for t in range(first, dm.num_tasks):
+        L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
         trainer = make_trainer(cfg, run_dir, t)
-        if t == 0: dm.to(trainer.strategy.root_device)
+        if t == first: dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
         dm.setup_task(t)
         algo.setup_task(t, dm.num_new_classes(t))
         if measure_fwt:
             untrained.setup_task(t, dm.num_new_classes(t))
-            pre_acc.append(test_tasks(trainer, algo, dm, [t])[t][0])
-            untrained_acc.append(test_tasks(trainer, untrained, dm, [t])[t][0])
+            progress["pre_acc"].append(test_tasks(trainer, algo, dm, [t])[t][0])
+            progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
         t0 = time.perf_counter()
         trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
         algo.on_task_end(t)
-        task_wall.append(time.perf_counter() - t0)
+        progress["task_wall_s"].append(time.perf_counter() - t0)
         res = test_tasks(trainer, algo, dm, list(range(t + 1)))
-        acc_rows.append([res[j][0] for j in range(t + 1)]); loss_rows.append([res[j][1] for j in range(t + 1)])
-        reports.append(algo.task_report(t))
+        progress["acc_matrix"].append([res[j][0] for j in range(t + 1)])
+        progress["loss_matrix"].append([res[j][1] for j in range(t + 1)])
+        progress["algorithm_report"].append(algo.task_report(t))
         if trainer.is_global_zero:
-            atomic_torch_save(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config),
-                              run_dir / "checkpoints" / f"task_{t}.ckpt")
-            atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks,
-                                                               acc_matrix=acc_rows, loss_matrix=loss_rows)))
-        print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in acc_rows[-1]]}", flush=True)
-    out = M.summarize(acc_rows, loss_rows, pre_acc if measure_fwt else None, untrained_acc if measure_fwt else None)
-    out.update(pre_acc=pre_acc, untrained_acc=untrained_acc, task_wall_s=task_wall, total_wall_s=time.perf_counter() - start,
+            save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress)
+            atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
+        print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
+    out = M.summarize(progress["acc_matrix"], progress["loss_matrix"], progress["pre_acc"] if measure_fwt else None,
+                      progress["untrained_acc"] if measure_fwt else None)
+    out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
+               total_wall_s=time.perf_counter() - start, resumed_at_task=first if resume else None,
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                experiment=cfg.experiment_name, algorithm=type(algo).__name__, scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data.is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
-               algorithm_report=reports, run_dir=str(run_dir), config=config)
+               algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)
     if dm.data.is_sample:
         out["note"] = ("trained and tested on the bundled MNIST sample (the official 10,000-digit test set split 8000/2000): "
                        "not comparable with papers that train on the full 60,000 training images")
     if trainer.is_global_zero: write_results(out, run_dir, algo)
     return out
 
-# %% ../nbs/07_loop.ipynb #597dae08
+# %% ../nbs/07_loop.ipynb #8401523b
 def plot_label(metrics: dict) -> str:
     "Words that go into every figure's title: the algorithm, and the data when it is the bundled sample."
     return f"({metrics['algorithm']}{', bundled MNIST sample' if metrics.get('data_is_sample') else ''})"
@@ -183,7 +187,6 @@ def write_results(out: dict, run_dir: Path, algo=None):
             "task_acc.png": M.plot_task_acc(R, label)}
     if algo is not None: figs.update(algo.figures(out))
     for name, fig in figs.items():
-        import io
         buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110); atomic_write(run_dir / name, buf.getvalue())
     atomic_write(run_dir / "metrics.json", _json(out))
     (run_dir / "progress.json").unlink(missing_ok=True)

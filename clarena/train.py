@@ -7,18 +7,19 @@ Docs: https://clarena-dev.github.io/clarena/cli.html.md"""
 # %% ../nbs/08_cli.ipynb #da208bcc
 from __future__ import annotations
 import logging, sys
+from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from .core import ConfigError
+from .core import ConfigError, TrainingError
 from .loop import run_experiment
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'compose_config', 'main']
+__all__ = ['log', 'compose_config', 'resume_config', 'main']
 
 # %% ../nbs/08_cli.ipynb #0e298ccf
 def compose_config(experiment: str | None = None, overrides: list | tuple = ()) -> DictConfig:
@@ -29,14 +30,29 @@ def compose_config(experiment: str | None = None, overrides: list | tuple = ()) 
         return compose("config", overrides=overrides)
 
 # %% ../nbs/08_cli.ipynb #0d4aea52
+def resume_config(run_dir) -> DictConfig:
+    "The config an interrupted run in `run_dir` was started with, set to resume it."
+    from omegaconf import OmegaConf
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists(): raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (not a clarena run directory)")
+    cfg = OmegaConf.load(path)
+    cfg.resume, cfg.paths.output_dir = str(run_dir), str(run_dir)
+    return cfg
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _train(cfg: DictConfig) -> float | None:
     try:
+        if cfg.get("resume"): cfg = resume_config(cfg.resume)
         out = run_experiment(cfg)
     except ConfigError as e:
         log.error("configuration error: %s", e)
         print(f"clarena: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (TrainingError, OSError) as e:
+        what = "training failed" if isinstance(e, TrainingError) else "could not write results"
+        log.error("%s: %s", what, e)
+        print(f"clarena: {what}: {e}; the run directory holds no metrics.json (nothing in it looks finished)", file=sys.stderr)
+        sys.exit(3)
     log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
     if out.get("note"): log.info(out["note"])
     return out["final_avg_acc"]  # the objective for sweepers

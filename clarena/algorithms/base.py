@@ -11,6 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import lightning as L
+from ..core import TrainingError
 
 # %% auto #0
 __all__ = ['CLAlgorithm']
@@ -58,7 +59,17 @@ class CLAlgorithm(L.LightningModule):
         loss = F.cross_entropy(self(x, self.task_id), y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
             self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        return loss + self.extra_loss()
+        total = loss + self.extra_loss()
+        self._check_finite(total, batch_idx)
+        return total
+
+    def _check_finite(self, total: torch.Tensor, batch_idx: int):
+        "Stop on a non-finite loss, naming the task and step. On an accelerator only every `log_every_n_steps` (a check syncs the host)."
+        every = 1 if total.device.type == "cpu" else self.trainer.log_every_n_steps
+        if self.global_step % every == 0 and not bool(torch.isfinite(total)):
+            raise TrainingError(f"non-finite loss ({float(total)}) in task {self.task_id} at step {self.global_step} "
+                                f"(epoch {self.current_epoch}, batch {batch_idx}): lower the learning rate, or try "
+                                f"+trainer.detect_anomaly=true to find the operation")
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         "Batches from `TensorBatches` are already on the device: skip Lightning's generic walk over the batch."

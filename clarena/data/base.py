@@ -16,26 +16,48 @@ import numpy as np
 import torch
 import lightning as L
 
-from ..core import ConfigError, check_choice, check_positive_int
+import hashlib
+from ..core import ConfigError, DataError, check_choice, check_positive_int
 
 # %% auto #0
-__all__ = ['DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
+__all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
            'load_source', 'TaskView', 'TensorBatches', 'host_dataloader', 'CLDataModule', 'normalizer']
 
 # %% ../../nbs/01_data.ipynb #94584ce2
-def read_idx(path) -> np.ndarray:
-    "Read an IDX file (optionally gzipped) into a uint8 array of its declared shape."
+CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
+    "mnist/train-images-idx3-ubyte": dict(gz="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "mnist/train-labels-idx1-ubyte": dict(gz="d53e105ee54ea40749a09fcbcd1e9432"),
+    "mnist/t10k-images-idx3-ubyte": dict(gz="9fb629c4189551a2d022fa330f9573f3", raw="2646ac647ad5339dbf082846283269ea"),
+    "mnist/t10k-labels-idx1-ubyte": dict(gz="ec29112dd5afa0611ce80d1b7f02629c", raw="27ae3e4e09519cfbb04c329615203637"),
+    "fashion_mnist/train-images-idx3-ubyte": dict(gz="8d4fb7e6c68d591d4c3dfef9ec88bf0d", raw="f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    "fashion_mnist/train-labels-idx1-ubyte": dict(gz="25c81989df183df01b3e8a0aad5dffbe", raw="9018921c3c673c538a1fc5bad174d6f9"),
+    "fashion_mnist/t10k-images-idx3-ubyte": dict(gz="bef4ecab320f06d8554ea6380940ec79", raw="8181f5470baa50b63fa0f6fddb340f0a"),
+    "fashion_mnist/t10k-labels-idx1-ubyte": dict(gz="bb300cfdad3c16e7a12a480ee83cd310", raw="15d484375f8d13e6eb1aabb0c3f46965"),
+}
+
+def read_idx(path, dataset: str | None = None) -> np.ndarray:
+    "Read an IDX file (optionally gzipped) into a uint8 array; with `dataset`, check it against the official md5."
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    packed = path.read_bytes()
+    try:
+        raw = gzip.decompress(packed) if path.suffix == ".gz" else packed
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is corrupted: {e}; replace it with the official file") from None
+    known = CHECKSUMS.get(f"{dataset}/{path.name.removesuffix('.gz')}", {}) if dataset else {}
+    if known:
+        got_raw, got_gz = hashlib.md5(raw).hexdigest(), hashlib.md5(packed).hexdigest() if path.suffix == ".gz" else None
+        ok = got_raw == known.get("raw") or (got_gz is not None and got_gz == known.get("gz"))
+        if not ok and (known.get("raw") or got_gz is not None):
+            raise DataError(f"{path} does not match the official {dataset} file (md5 {got_gz or got_raw}, expected "
+                            f"{known.get('gz') or known.get('raw')} or content md5 {known.get('raw')}): it is corrupted or not the "
+                            f"official data; replace it")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise ValueError(f"{path} is not an uint8 IDX file (bad magic number)")
+        raise DataError(f"{path} is not an uint8 IDX file (bad magic number)")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable, so torch can share it
     if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: header says {dims}, found {data.size} values")
+        raise DataError(f"{path} is truncated: header says {dims}, found {data.size} values")
     return data.reshape(dims)
 
 # %% ../../nbs/01_data.ipynb #73689686
@@ -55,7 +77,7 @@ DATASETS = {
     "fashion_mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,), "FashionMNIST",
                                  system_dirs=("/usr/share/datasets/fashion-mnist",)),
 }
-SOURCES = ("auto", "torchvision", "system", "bundled")
+SOURCES = ("auto", "torchvision", "idx", "system", "bundled")
 
 # %% ../../nbs/01_data.ipynb #7040b12d
 @dataclass
@@ -85,8 +107,8 @@ BUNDLED_TEST_SIZE = 2000
 def load_bundled_mnist() -> SourceData:
     "The official MNIST test set shipped with clarena, split 8000 train / 2000 test with a fixed seed."
     d = resources.files("clarena") / "assets"
-    x = _to_nchw(read_idx(d / "t10k-images-idx3-ubyte.gz"))
-    y = _labels(read_idx(d / "t10k-labels-idx1-ubyte.gz"))
+    x = _to_nchw(read_idx(d / "t10k-images-idx3-ubyte.gz", "mnist"))
+    y = _labels(read_idx(d / "t10k-labels-idx1-ubyte.gz", "mnist"))
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     te, tr = order[:BUNDLED_TEST_SIZE], order[BUNDLED_TEST_SIZE:]
     return SourceData("mnist", x[tr], y[tr], x[te], y[te], "mnist-bundled-10k")
@@ -101,7 +123,7 @@ def _load_idx_dir(name: str, folder: Path) -> SourceData | None:
         f = next((folder / (stem + ext) for ext in (".gz", "") if (folder / (stem + ext)).exists()), None)
         if f is None: return None
         files.append(f)
-    xtr, ytr, xte, yte = (read_idx(f) for f in files)
+    xtr, ytr, xte, yte = (read_idx(f, name) for f in files)
     return SourceData(name, _to_nchw(xtr), _labels(ytr), _to_nchw(xte), _labels(yte), f"idx:{folder}")
 
 def _load_torchvision(name: str, root: Path, download: bool) -> SourceData | None:
@@ -126,6 +148,10 @@ def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "a
         got = _load_torchvision(dataset, root, download)
         if got is not None: return got
         looked.append(f"{root / info.torchvision_name / 'raw'} (torchvision layout{', download failed' if download else ''})")
+    if source in ("auto", "idx"):
+        got = _load_idx_dir(dataset, root)
+        if got is not None: return got
+        looked.append(f"{root} (the four IDX files)")
     if source in ("auto", "system"):
         for d in info.system_dirs:
             got = _load_idx_dir(dataset, Path(d))
@@ -138,7 +164,7 @@ def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "a
     hint = "; ".join(looked)
     how = f"put the files in {root / info.torchvision_name / 'raw'} or set data.download=true where there is a network"
     if dataset == "fashion_mnist": how += ", or install Debian's package: apt-get install dataset-fashion-mnist"
-    raise FileNotFoundError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
+    raise DataError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
 
 # %% ../../nbs/01_data.ipynb #b5428c3f
 @dataclass
