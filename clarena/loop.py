@@ -139,7 +139,9 @@ def run_experiment(cfg: DictConfig) -> dict:
     for t in range(first, dm.num_tasks):
         L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
         trainer = make_trainer(cfg, run_dir, t)
-        if t == first: dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
+        if t == first:
+            dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
+            dm.shard(trainer.global_rank, trainer.world_size)
         dm.setup_task(t)
         algo.setup_task(t, dm.num_new_classes(t))
         if measure_fwt:
@@ -157,7 +159,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress)
             atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
-        print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
+            print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
     out = M.summarize(progress["acc_matrix"], progress["loss_matrix"], progress["pre_acc"] if measure_fwt else None,
                       progress["untrained_acc"] if measure_fwt else None)
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],

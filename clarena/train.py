@@ -53,8 +53,10 @@ def _train(cfg: DictConfig) -> float | None:
         log.error("%s: %s", what, e)
         print(f"clarena: {what}: {e}; the run directory holds no metrics.json (nothing in it looks finished)", file=sys.stderr)
         sys.exit(3)
-    log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
-    if out.get("note"): log.info(out["note"])
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    if rank_zero_only.rank == 0:  # in a DDP run, every process returns the same (reduced) results
+        log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
+        if out.get("note"): log.info(out["note"])
     return out["final_avg_acc"]  # the objective for sweepers
 
 def main():

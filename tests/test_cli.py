@@ -67,3 +67,19 @@ def test_bad_input_fails_before_training(tmp_path, args, code, message):
     assert r.returncode == code, (r.returncode, r.stderr[-2000:])
     assert message in r.stderr, r.stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, no_data_root):
+    common = ["data.num_tasks=2", "trainer.limit_train_batches=20", "trainer.enable_progress_bar=false", f"paths.data_dir={no_data_root}"]
+    ddp = train(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *common, f"paths.output_dir={tmp_path / 'ddp'}"], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = train([*common, f"paths.output_dir={tmp_path / 'one'}"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    m_ddp, m_one = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ddp", "one"))
+    assert m_ddp["config"]["trainer"]["devices"] == 2
+    # each process takes half of every batch and the test sums are added across processes:
+    # the same SGD updates and the whole test set, so the matrix is that of one process (up to float rounding)
+    for r_ddp, r_one in zip(m_ddp["acc_matrix"], m_one["acc_matrix"]):
+        assert all(abs(a - b) < 0.005 for a, b in zip(r_ddp, r_one)), (m_ddp["acc_matrix"], m_one["acc_matrix"])
+    assert ddp.stdout.count("[clarena] task 1:") == 1  # results reported and written by process 0 only
+    assert len(list((tmp_path / "ddp").rglob("metrics.json"))) == 1

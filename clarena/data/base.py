@@ -184,8 +184,10 @@ class TaskView:
 # %% ../../nbs/01_data.ipynb #6c94503d
 class TensorBatches:
     "Iterate over a `TaskView` in batches gathered by index on the data's device."
-    def __init__(self, view: TaskView, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
+    def __init__(self, view: TaskView, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.view, self.batch_size, self.shuffle, self.drop_last = view, check_positive_int("batch_size", batch_size), shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self):
@@ -197,12 +199,12 @@ class TensorBatches:
         n, dev = len(self.view), self.view.y.device
         order = torch.randperm(n, generator=self.generator).to(dev) if self.shuffle else torch.arange(n, device=dev)
         for b in range(len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
 
     def __iter__(self):
         for idx in self.index_batches(): yield self.view.batch(idx)
 
-# %% ../../nbs/01_data.ipynb #330c541d
+# %% ../../nbs/01_data.ipynb #86373572
 class _IndexSampler:
     "A DataLoader batch sampler yielding the index batches of a `TensorBatches`."
     def __init__(self, tb: TensorBatches): self.tb = tb
@@ -221,7 +223,7 @@ def host_dataloader(tb: TensorBatches, num_workers: int = 0, pin_memory: bool = 
     return DataLoader(range(len(tb.view)), batch_sampler=_IndexSampler(tb), collate_fn=_GatherBatch(tb.view),
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
 
-# %% ../../nbs/01_data.ipynb #78f360b1
+# %% ../../nbs/01_data.ipynb #92307c22
 class CLDataModule(L.LightningDataModule):
     "Base continual-learning datamodule: a sequence of tasks built from one source dataset."
     max_tasks: int | None = None  # how many tasks the benchmark can make (None: unlimited)
@@ -306,7 +308,15 @@ class CLDataModule(L.LightningDataModule):
         self.train_view, self.val_view = self._view(task_id, "train"), self._view(task_id, "val")
         self.test_views[task_id] = self._view(task_id, "test")
 
+    rank, world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int):
+        "Serve process `rank`'s share of every batch in a distributed run of `world_size` processes."
+        self.rank, self.world_size = rank, world_size
+
     def _serve(self, tb: TensorBatches):
+        tb.rank, tb.world_size = self.rank, self.world_size
+        if self.world_size > 1 and tb.shuffle: tb.drop_last = True  # every process gets a non-empty share of every step
         if self.loader == "device": return tb
         return host_dataloader(tb, self.num_workers, pin_memory=getattr(self, "train_device", self.device).type == "cuda")
 
@@ -324,7 +334,7 @@ class CLDataModule(L.LightningDataModule):
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
 
-# %% ../../nbs/01_data.ipynb #1c8bbaf0
+# %% ../../nbs/01_data.ipynb #f91754ce
 def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
     "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."
     std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
