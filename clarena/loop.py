@@ -22,7 +22,7 @@ from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore
 
 # %% auto #0
 __all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_seed',
-           'run_experiment', 'plot_label', 'write_results', 'load_metrics']
+           'run_experiment', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -194,6 +194,23 @@ def write_results(out: dict, run_dir: Path, algo=None):
     (run_dir / "progress.json").unlink(missing_ok=True)
 
 # %% ../nbs/07_loop.ipynb #e4a9d100
+def show_figure(fig):
+    "Display a `matplotlib.figure.Figure` inline as a PNG (clarena's figures are made without pyplot)."
+    from IPython.display import Image, display
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); display(Image(data=buf.getvalue()))
+
+def show_run(run_dir, figures: tuple = ("acc_matrix.png", "avg_acc.png", "task_acc.png", "hat_capacity.png", "hat_masks_layer0.png")):
+    "Display a finished run's summary and figures inline in a notebook."
+    from IPython.display import Image, Markdown, display
+    m = load_metrics(run_dir)
+    display(Markdown(f"**{m['algorithm']}** on `{m['data_source']}` ({m['scenario']}, {m['num_tasks']} tasks, seed {m['seed']}): "
+                     f"final average accuracy **{m['final_avg_acc']:.4f}**, BWT {m['bwt']}, forgetting {m['forgetting']}, FWT {m['fwt']}"
+                     + (f"  \n_{m['note']}_" if m.get("note") else "")))
+    for name in figures:
+        if (Path(run_dir) / name).exists(): display(Image(filename=str(Path(run_dir) / name)))
+    return m
+
+# %% ../nbs/07_loop.ipynb #db8b1266
 def load_metrics(run_dir) -> dict:
     "The `metrics.json` of the finished run in `run_dir`."
     run_dir = Path(run_dir)
