@@ -90,12 +90,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int) -> L.Trainer:
     return L.Trainer(**kw, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
 
 # %% ../nbs/07_loop.ipynb #905a1472
-def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int]) -> dict:
-    "Accuracy and loss of `algo` on each task in `task_ids`."
+def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "test") -> dict:
+    "Accuracy and loss of `algo` on each task in `task_ids`, on its test split (or its validation split)."
     algo.test_task_ids = list(task_ids)
     bar = trainer.progress_bar_callback  # test passes are short: keep the progress display for training
     if bar is not None: bar.disable()
-    try: trainer.test(algo, dm.test_dataloader(task_ids), verbose=False)
+    loaders = dm.test_dataloader(task_ids) if split == "test" else dm.val_dataloaders(task_ids)
+    try: trainer.test(algo, loaders, verbose=False)
     finally:
         if bar is not None: bar.enable()
     return dict(algo.test_results)
@@ -162,6 +163,10 @@ def run_experiment(cfg: DictConfig) -> dict:
             print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
     out = M.summarize(progress["acc_matrix"], progress["loss_matrix"], progress["pre_acc"] if measure_fwt else None,
                       progress["untrained_acc"] if measure_fwt else None)
+    if len(dm.val_view):  # the final model on every task's validation split: what a hyperparameter search may optimise
+        val = test_tasks(trainer, algo, dm, list(range(dm.num_tasks)), split="val")
+        out["final_val_acc"] = [val[t][0] for t in range(dm.num_tasks)]
+        out["final_val_avg_acc"] = float(np.mean(out["final_val_acc"]))
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
                total_wall_s=time.perf_counter() - start, resumed_at_task=first if resume else None,
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

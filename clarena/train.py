@@ -57,7 +57,8 @@ def _train(cfg: DictConfig) -> float | None:
     if rank_zero_only.rank == 0:  # in a DDP run, every process returns the same (reduced) results
         log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
         if out.get("note"): log.info(out["note"])
-    return out["final_avg_acc"]  # the objective for sweepers
+    # the objective of a sweeper (Optuna): validation accuracy, so the test data stay out of the search
+    return out.get("final_val_avg_acc", out["final_avg_acc"])
 
 def main():
     "Entry point of `clarena-train`."

@@ -83,3 +83,15 @@ def test_ddp_two_processes_on_cpu(tmp_path, no_data_root):
         assert all(abs(a - b) < 0.005 for a, b in zip(r_ddp, r_one)), (m_ddp["acc_matrix"], m_one["acc_matrix"])
     assert ddp.stdout.count("[clarena] task 1:") == 1  # results reported and written by process 0 only
     assert len(list((tmp_path / "ddp").rglob("metrics.json"))) == 1
+
+
+def test_optuna_search_maximises_validation_accuracy(tmp_path, no_data_root):
+    r = train(["-m", "experiment=pmnist_hat", "hparams_search=hat_optuna", "hydra.sweeper.n_trials=2", "data.num_tasks=2",
+               "trainer.limit_train_batches=5", "measure_fwt=false", "trainer.enable_progress_bar=false", f"paths.data_dir={no_data_root}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = next((tmp_path / "logs" / "pmnist_hat" / "multiruns").iterdir())
+    import yaml
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
+    assert best["best_value"] == max(t["final_val_avg_acc"] for t in trials)  # the objective is validation accuracy
+    assert set(best["best_params"]) == {"model.optimizer.lr", "model.algorithm.capacity_reg"}

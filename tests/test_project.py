@@ -28,3 +28,11 @@ def test_bundled_mnist_is_the_official_test_set():
     assert md5 == {"t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
                    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
     assert "CC BY-SA 3.0" in (assets / "MNIST-CREDIT.md").read_text()
+
+
+def test_docs_sidebar_lists_every_notebook():
+    nbs = ROOT / "nbs"
+    listed = set(re.findall(r"-\s+(\S+\.ipynb)", (nbs / "sidebar.yml").read_text()))
+    present = {str(p.relative_to(nbs)) for p in nbs.rglob("*.ipynb") if not any(s.startswith(("_", ".")) for s in p.relative_to(nbs).parts)}
+    assert listed == present, (present - listed, listed - present)
+    assert "metadata-files: [sidebar.yml]" in (nbs / "_quarto.yml").read_text()

@@ -331,6 +331,10 @@ class CLDataModule(L.LightningDataModule):
         task_ids = sorted(self.test_views) if task_ids is None else task_ids
         return [self._serve(TensorBatches(self.test_views[t], self.eval_batch_size)) for t in task_ids]
 
+    def val_dataloaders(self, task_ids):
+        "One loader per task in `task_ids` over its validation split (for a final validation score, e.g. a sweep's objective)."
+        return [self._serve(TensorBatches(self._view(t, "val"), self.eval_batch_size)) for t in task_ids]
+
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
 
