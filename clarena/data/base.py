@@ -21,7 +21,7 @@ from ..core import ConfigError, DataError, check_choice, check_positive_int
 
 # %% auto #0
 __all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'load_source', 'TaskView', 'TensorBatches', 'host_dataloader', 'CLDataModule', 'normalizer']
+           'load_source', 'TaskView', 'TensorBatches', 'host_dataloader', 'crop_flip', 'CLDataModule', 'normalizer']
 
 # %% ../../nbs/01_data.ipynb #94584ce2
 CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
@@ -76,6 +76,8 @@ DATASETS = {
     "mnist": DatasetInfo(10, (1, 28, 28), (0.1307,), (0.3081,), "MNIST", bundled=True),
     "fashion_mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,), "FashionMNIST",
                                  system_dirs=("/usr/share/datasets/fashion-mnist",)),
+    "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
+    "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
 }
 SOURCES = ("auto", "torchvision", "idx", "system", "bundled")
 
@@ -126,29 +128,46 @@ def _load_idx_dir(name: str, folder: Path) -> SourceData | None:
     xtr, ytr, xte, yte = (read_idx(f, name) for f in files)
     return SourceData(name, _to_nchw(xtr), _labels(ytr), _to_nchw(xte), _labels(yte), f"idx:{folder}")
 
-def _load_torchvision(name: str, root: Path, download: bool) -> SourceData | None:
+def _with_checksums_of_files_on_disk(cls, root: Path):
+    "A subclass of torchvision dataset `cls` whose expected md5s are those of the files under `root`."
+    import torchvision.datasets.utils as U
+    folder = Path(root) / cls.base_folder
+    md5 = lambda f: U.calculate_md5(str(folder / f))
+    attrs = dict(train_list=[[f, md5(f)] for f, _ in cls.train_list], test_list=[[f, md5(f)] for f, _ in cls.test_list])
+    if hasattr(cls, "meta"): attrs["meta"] = {**cls.meta, "md5": md5(cls.meta["filename"])}
+    return type(cls.__name__, (cls,), attrs)
+
+def _load_torchvision(name: str, root: Path, download: bool, verify_checksums: bool = True) -> SourceData | None:
     import torchvision
     cls = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
+    if not verify_checksums and hasattr(cls, "base_folder") and (Path(root) / cls.base_folder).is_dir():
+        cls = _with_checksums_of_files_on_disk(cls, root)
     try:
         tr = cls(str(root), train=True, download=download)
         te = cls(str(root), train=False, download=download)
-    except (RuntimeError, OSError):
+    except (RuntimeError, OSError, FileNotFoundError) as e:
+        folder = Path(root) / getattr(cls, "base_folder", "")
+        if hasattr(cls, "base_folder") and folder.is_dir() and any(folder.iterdir()):
+            raise DataError(f"{folder} holds {name} files that torchvision refuses ({e}): they are damaged or not the official "
+                            f"files; for files you made yourself (tests), set data.verify_checksums=false") from None
         return None
-    return SourceData(name, _to_nchw(tr.data.numpy() if torch.is_tensor(tr.data) else tr.data), _labels(tr.targets),
-                      _to_nchw(te.data.numpy() if torch.is_tensor(te.data) else te.data), _labels(te.targets),
-                      f"torchvision:{Path(root) / DATASETS[name].torchvision_name}")
+    as_np = lambda d: d.numpy() if torch.is_tensor(d) else d
+    return SourceData(name, _to_nchw(as_np(tr.data)), _labels(tr.targets), _to_nchw(as_np(te.data)), _labels(te.targets),
+                      f"torchvision:{Path(root) / getattr(cls, 'base_folder', DATASETS[name].torchvision_name)}"
+                      + ("" if verify_checksums else " (checksums not verified)"))
 
 # %% ../../nbs/01_data.ipynb #37ac482d
-def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "auto", download: bool = False) -> SourceData:
+def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "auto", download: bool = False,
+                verify_checksums: bool = True) -> SourceData:
     "Load `dataset` as uint8 tensors from the first place `source` allows that has it."
     check_choice("dataset", dataset, DATASETS)
     check_choice("data source", source, SOURCES)
     info, root, looked = DATASETS[dataset], Path(root).expanduser(), []
     if source in ("auto", "torchvision"):
-        got = _load_torchvision(dataset, root, download)
+        got = _load_torchvision(dataset, root, download, verify_checksums)
         if got is not None: return got
         looked.append(f"{root / info.torchvision_name / 'raw'} (torchvision layout{', download failed' if download else ''})")
-    if source in ("auto", "idx"):
+    if source in ("auto", "idx") and info.shape[0] == 1:
         got = _load_idx_dir(dataset, root)
         if got is not None: return got
         looked.append(f"{root} (the four IDX files)")
@@ -224,6 +243,19 @@ def host_dataloader(tb: TensorBatches, num_workers: int = 0, pin_memory: bool = 
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
 
 # %% ../../nbs/01_data.ipynb #92307c22
+def crop_flip(xb: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    "Random crop after zero padding, and random horizontal flip, of a batch `(N, C, H, W)`."
+    n, c, h, w = xb.shape
+    xp = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
+    dev = xb.device
+    oy, ox = torch.randint(0, 2 * pad + 1, (n,), device=dev), torch.randint(0, 2 * pad + 1, (n,), device=dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    flip = torch.rand(n, device=dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+# %% ../../nbs/01_data.ipynb #972bac7a
 class CLDataModule(L.LightningDataModule):
     "Base continual-learning datamodule: a sequence of tasks built from one source dataset."
     max_tasks: int | None = None  # how many tasks the benchmark can make (None: unlimited)
@@ -231,11 +263,12 @@ class CLDataModule(L.LightningDataModule):
 
     def __init__(self, dataset: str = "mnist", num_tasks: int = 10, scenario: str = "TIL", root: str = "data",
                  source: str = "auto", download: bool = False, val_size: float = 0.1, batch_size: int = 64,
-                 eval_batch_size: int = 1000, seed: int = 0, device: str = "cpu", loader: str = "device", num_workers: int = 0):
+                 eval_batch_size: int = 1000, seed: int = 0, device: str = "cpu", loader: str = "device", num_workers: int = 0,
+                 augment: bool = False, verify_checksums: bool = True):
         super().__init__()
         check_choice("dataset", dataset, DATASETS)
         check_choice("loader", loader, ("device", "dataloader"))
-        self.loader, self.num_workers = loader, num_workers
+        self.loader, self.num_workers, self.augment, self.verify_checksums = loader, num_workers, augment, verify_checksums
         check_choice(f"scenario for {type(self).__name__}", scenario, self.scenarios)
         check_positive_int("num_tasks", num_tasks)
         if self.max_tasks is not None and num_tasks > self.max_tasks:
@@ -271,7 +304,7 @@ class CLDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None):
         "Load the source once, move it to `device`, and carve the validation split."
         if self.data is not None: return
-        d = load_source(self.dataset, self.root, self.source_name, self.download)
+        d = load_source(self.dataset, self.root, self.source_name, self.download, self.verify_checksums)
         n = len(d.y_train)
         n_val = int(round(self.val_size * n)) if self.val_size < 1 else int(self.val_size)
         if n_val >= n: raise ConfigError(f"val_size={self.val_size} leaves no training data ({n} samples)")
@@ -297,7 +330,11 @@ class CLDataModule(L.LightningDataModule):
         d = self.data
         if split == "test": return self._make_view(task_id, d.x_test, d.y_test, None)
         rows = self.train_rows if split == "train" else self.val_rows
-        return self._make_view(task_id, d.x_train, d.y_train, rows)
+        view = self._make_view(task_id, d.x_train, d.y_train, rows)
+        if split == "train" and self.augment:
+            prepare = view.prepare
+            view.prepare = lambda xb: prepare(crop_flip(xb))
+        return view
 
     def setup_task(self, task_id: int):
         "Make `task_id` the current task: build its train and validation views, and keep its test view."
@@ -338,7 +375,7 @@ class CLDataModule(L.LightningDataModule):
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
 
-# %% ../../nbs/01_data.ipynb #f91754ce
+# %% ../../nbs/01_data.ipynb #ac03d783
 def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
     "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."
     std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)

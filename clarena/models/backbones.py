@@ -11,7 +11,7 @@ from torch import nn
 from ..core import check_choice, check_positive_int
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MLP']
+__all__ = ['ACTIVATIONS', 'MLP', 'AlexNet', 'BasicBlock', 'ResNet18']
 
 # %% ../../nbs/02_backbones.ipynb #548152ed
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU, "sigmoid": nn.Sigmoid}
@@ -44,3 +44,68 @@ class MLP(nn.Module):
             if masks is not None: h = h * masks[i]
             h = self.drop(h)
         return h
+
+# %% ../../nbs/02_backbones.ipynb #40706313
+class AlexNet(nn.Module):
+    "The HAT paper's AlexNet-style CNN for small colour images, with every conv channel and fc unit gateable."
+    def __init__(self, in_channels: int = 3, image_size: int = 32, channels: list = (64, 128, 256), kernels: list = (4, 3, 2),
+                 fc_dims: list = (2048, 2048), conv_dropout: float = 0.2, fc_dropout: float = 0.5):
+        super().__init__()
+        chans, size = [in_channels] + list(channels), image_size
+        self.convs = nn.ModuleList()
+        for a, b, k in zip(chans[:-1], chans[1:], kernels):
+            self.convs.append(nn.Conv2d(a, b, k))
+            size = (size - k + 1) // 2
+        if size < 1: raise ValueError(f"image_size={image_size} is too small for kernels {list(kernels)}")
+        self.spatial = size * size
+        dims = [chans[-1] * self.spatial] + list(fc_dims)
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.pool, self.act = nn.MaxPool2d(2), nn.ReLU()
+        self.conv_drop, self.fc_drop = nn.Dropout(conv_dropout), nn.Dropout(fc_dropout)
+        self.output_dim, self.mask_sizes = dims[-1], list(channels) + list(fc_dims)
+
+    def gated_layers(self):
+        return [(c, 1) for c in self.convs] + [(fc, self.spatial if i == 0 else 1) for i, fc in enumerate(self.fcs)]
+
+    def forward(self, x: torch.Tensor, masks: list | None = None) -> torch.Tensor:
+        h, n = x, len(self.convs)
+        for i, conv in enumerate(self.convs):
+            h = self.pool(self.act(conv(h)))
+            if masks is not None: h = h * masks[i].view(1, -1, 1, 1)
+            h = self.conv_drop(h)
+        h = h.flatten(1)
+        for i, fc in enumerate(self.fcs):
+            h = self.act(fc(h))
+            if masks is not None: h = h * masks[n + i]
+            h = self.fc_drop(h)
+        return h
+
+# %% ../../nbs/02_backbones.ipynb #1c4097dc
+class BasicBlock(nn.Module):
+    "Two 3 × 3 convolutions with batch norm and a residual connection (He et al. 2016)."
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.short = nn.Sequential() if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.short(x))
+
+class ResNet18(nn.Module):
+    "ResNet-18 with the reduced stem for 32 × 32 images; features are the globally pooled last stage."
+    def __init__(self, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        w = [width, 2 * width, 4 * width, 8 * width]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU())
+        blocks, cin = [], w[0]
+        for i, c in enumerate(w):
+            blocks += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c)]
+            cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.output_dim = w[-1]
+
+    def forward(self, x: torch.Tensor, masks: list | None = None) -> torch.Tensor:
+        if masks is not None: raise ValueError("ResNet18 has no gated layers: it cannot take masks")
+        return self.blocks(self.stem(x)).mean((2, 3))
