@@ -171,10 +171,10 @@ def run_experiment(cfg: DictConfig) -> dict:
                total_wall_s=time.perf_counter() - start, resumed_at_task=first if resume else None,
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                experiment=cfg.experiment_name, algorithm=type(algo).__name__, scenario=dm.scenario, num_tasks=dm.num_tasks,
-               data_source=dm.data_source, data_is_sample=dm.data.is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
+               data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
                algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)
-    if dm.data.is_sample:
+    if dm.data_is_sample:
         out["note"] = ("trained and tested on the bundled MNIST sample (the official 10,000-digit test set split 8000/2000): "
                        "not comparable with papers that train on the full 60,000 training images")
     if trainer.is_global_zero: write_results(out, run_dir, algo)

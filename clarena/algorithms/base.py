@@ -51,7 +51,7 @@ class CLAlgorithm(L.LightningModule):
         self.on_task_start(task_id)
 
     def forward(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
-        return self.head(self.backbone(x), task_id)
+        return self.head(self.backbone(x, task_id=task_id), task_id)
 
     # ---- training ----
     def training_step(self, batch, batch_idx):

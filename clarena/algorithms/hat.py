@@ -102,7 +102,7 @@ class HAT(CLAlgorithm):
     def forward(self, x, task_id):
         masks = self.masks(task_id, self.s if self.training else self.s_max)
         if self.training: self._masks = masks
-        return self.head(self.backbone(x, masks), task_id)
+        return self.head(self.backbone(x, masks, task_id=task_id), task_id)
 
     def extra_loss(self):
         return self.capacity_reg * capacity_regularizer(self._masks, self.cum_masks)

@@ -375,6 +375,9 @@ class CLDataModule(L.LightningDataModule):
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
 
+    @property
+    def data_is_sample(self) -> bool: return self.data is not None and self.data.is_sample
+
 # %% ../../nbs/01_data.ipynb #ac03d783
 def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
     "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."

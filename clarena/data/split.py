@@ -11,7 +11,7 @@ from ..core import ConfigError
 from .base import CLDataModule, TaskView, normalizer
 
 # %% auto #0
-__all__ = ['SplitDataModule']
+__all__ = ['SplitDataModule', 'SplitSequenceDataModule']
 
 # %% ../../nbs/01b_split.ipynb #6b40c923
 class SplitDataModule(CLDataModule):
@@ -47,3 +47,44 @@ class SplitDataModule(CLDataModule):
         keep = torch.isin(ys, torch.tensor(self.task_classes(task_id), device=ys.device)).nonzero().flatten()
         rows = keep if rows is None else rows[keep]
         return TaskView(x[rows], self.label_map.to(y.device)[y[rows]], normalizer(self.info, x.device), rows)
+
+# %% ../../nbs/01b_split.ipynb #0171004c
+class SplitSequenceDataModule(CLDataModule):
+    "Split benchmarks of several datasets one after another (TIL); `parts`: dicts of dataset, classes_per_task, num_tasks."
+    scenarios = ("TIL",)
+
+    def __init__(self, parts: list, **kwargs):
+        if not parts: raise ConfigError("SplitSequenceDataModule needs at least one part")
+        self.parts = [SplitDataModule(**dict(p), scenario="TIL", **{k: v for k, v in kwargs.items() if k not in ("num_tasks", "scenario")})
+                      for p in parts]
+        kwargs.pop("num_tasks", None)
+        super().__init__(dataset=self.parts[0].dataset, num_tasks=sum(p.num_tasks for p in self.parts), **kwargs)
+        self.starts = [sum(p.num_tasks for p in self.parts[:i]) for i in range(len(self.parts))]
+
+    def _part(self, task_id: int):
+        i = max(i for i, s in enumerate(self.starts) if s <= task_id)
+        return self.parts[i], task_id - self.starts[i]
+
+    def task_classes(self, task_id):
+        part, t = self._part(task_id)
+        return part.task_classes(t)
+
+    def setup(self, stage=None):
+        for p in self.parts: p.setup(stage)
+        self.data, self.val_rows = self.parts[0].data, torch.empty(0)
+
+    def to(self, device):
+        for p in self.parts: p.to(device)
+        self.device = torch.device(device)
+        if self.data is not None: self.test_views = {t: self._view(t, "test") for t in self.test_views}
+        return self
+
+    def _view(self, task_id, split):
+        part, t = self._part(task_id)
+        return part._view(t, split)
+
+    @property
+    def data_source(self) -> str: return "; ".join(p.data_source for p in self.parts)
+
+    @property
+    def data_is_sample(self) -> bool: return any(p.data_is_sample for p in self.parts)

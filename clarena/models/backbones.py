@@ -35,7 +35,7 @@ class MLP(nn.Module):
 
     def gated_layers(self): return [(fc, 1) for fc in self.fcs]
 
-    def forward(self, x: torch.Tensor, masks: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: list | None = None, task_id: int | None = None) -> torch.Tensor:
         h = self.input_drop(x.flatten(1))
         for i, fc in enumerate(self.fcs):
             h = fc(h)
@@ -49,8 +49,10 @@ class MLP(nn.Module):
 class AlexNet(nn.Module):
     "The HAT paper's AlexNet-style CNN for small colour images, with every conv channel and fc unit gateable."
     def __init__(self, in_channels: int = 3, image_size: int = 32, channels: list = (64, 128, 256), kernels: list = (4, 3, 2),
-                 fc_dims: list = (2048, 2048), conv_dropout: float = 0.2, fc_dropout: float = 0.5):
+                 fc_dims: list = (2048, 2048), conv_dropout: float = 0.2, fc_dropout: float = 0.5,
+                 batch_norm: str = "none", max_tasks: int = 20):
         super().__init__()
+        check_choice("batch_norm for AlexNet", batch_norm, ("none", "per_task"))
         chans, size = [in_channels] + list(channels), image_size
         self.convs = nn.ModuleList()
         for a, b, k in zip(chans[:-1], chans[1:], kernels):
@@ -60,6 +62,7 @@ class AlexNet(nn.Module):
         self.spatial = size * size
         dims = [chans[-1] * self.spatial] + list(fc_dims)
         self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.bns = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(c) for c in channels) for _ in range(max_tasks)) if batch_norm == "per_task" else None
         self.pool, self.act = nn.MaxPool2d(2), nn.ReLU()
         self.conv_drop, self.fc_drop = nn.Dropout(conv_dropout), nn.Dropout(fc_dropout)
         self.output_dim, self.mask_sizes = dims[-1], list(channels) + list(fc_dims)
@@ -67,10 +70,13 @@ class AlexNet(nn.Module):
     def gated_layers(self):
         return [(c, 1) for c in self.convs] + [(fc, self.spatial if i == 0 else 1) for i, fc in enumerate(self.fcs)]
 
-    def forward(self, x: torch.Tensor, masks: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: list | None = None, task_id: int | None = None) -> torch.Tensor:
         h, n = x, len(self.convs)
+        if self.bns is not None and task_id is None: raise ValueError("AlexNet with per-task batch norm needs the task id")
         for i, conv in enumerate(self.convs):
-            h = self.pool(self.act(conv(h)))
+            h = conv(h)
+            if self.bns is not None: h = self.bns[task_id][i](h)
+            h = self.pool(self.act(h))
             if masks is not None: h = h * masks[i].view(1, -1, 1, 1)
             h = self.conv_drop(h)
         h = h.flatten(1)
@@ -106,6 +112,6 @@ class ResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.output_dim = w[-1]
 
-    def forward(self, x: torch.Tensor, masks: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: list | None = None, task_id: int | None = None) -> torch.Tensor:
         if masks is not None: raise ValueError("ResNet18 has no gated layers: it cannot take masks")
         return self.blocks(self.stem(x)).mean((2, 3))
