@@ -136,7 +136,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     first = 0
     if resume: first, progress = _resume_point(cfg, dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    start = time.perf_counter()
+    start, trainer = time.perf_counter(), None
     for t in range(first, dm.num_tasks):
         L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
         trainer = make_trainer(cfg, run_dir, t)
@@ -161,6 +161,9 @@ def run_experiment(cfg: DictConfig) -> dict:
             save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress)
             atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
             print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
+    if trainer is None:  # resumed after the last task: only the results are left to write
+        trainer = make_trainer(cfg, run_dir, dm.num_tasks - 1)
+        dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
     out = M.summarize(progress["acc_matrix"], progress["loss_matrix"], progress["pre_acc"] if measure_fwt else None,
                       progress["untrained_acc"] if measure_fwt else None)
     if len(dm.val_view):  # the final model on every task's validation split: what a hyperparameter search may optimise

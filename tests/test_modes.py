@@ -150,3 +150,16 @@ def test_nan_loss_stops_with_task_and_step(tmp_path):
     assert r.returncode == 3, r.stderr[-2000:]
     assert "training failed: non-finite loss" in r.stderr and "in task 0 at step" in r.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_after_the_last_task_only_writes_results(tmp_path):
+    run = tmp_path / "run"
+    r = cli("clarena.train", [*QUICK, f"paths.output_dir={run}", f"paths.data_dir={tmp_path / 'none'}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    finished = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()  # as if killed while writing the results
+    r = cli("clarena.train", [f"resume={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["acc_matrix"] == finished["acc_matrix"]
+    r = cli("clarena.train", [f"resume={run}"], tmp_path)
+    assert r.returncode == 2 and "holds a finished run" in r.stderr
