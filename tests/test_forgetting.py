@@ -24,3 +24,12 @@ def test_finetuning_cil_forgets_til_does_not(tmp_path, no_data_root):
     assert min(R_til[-1]) > 0.75, R_til[-1]
     assert til["final_avg_acc"] > cil["final_avg_acc"] + 0.5
     assert np.isclose(cil["avg_acc"][-1], np.mean(R_cil[-1]))
+
+
+def test_tensorboard_logger_by_config(tmp_path, no_data_root):
+    cfg = compose_config("smnist_til_finetuning", ["logger=tensorboard", "data.num_tasks=1", "trainer.limit_train_batches=3",
+                                                   "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+                                                   f"paths.output_dir={tmp_path / 'tb'}", f"paths.data_dir={no_data_root}"])
+    run_experiment(cfg)
+    assert list((tmp_path / "tb" / "tensorboard" / "task_0").glob("events.out.tfevents.*"))
+    assert (tmp_path / "tb" / "csv" / "task_0" / "metrics.csv").exists()  # CSV always

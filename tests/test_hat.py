@@ -127,3 +127,13 @@ def test_hat_beats_finetuning_on_permuted_fashion_mnist(tmp_path):
     assert hat["acc_matrix"][-1][0] > ft["acc_matrix"][-1][0] + 0.04
     assert ft["bwt"] < -0.025 and ft["forgetting"] > 0.025
     assert abs(hat["bwt"]) < 0.002 and hat["forgetting"] < 0.002
+
+
+def test_binary_test_masks_option(tmp_path, no_data_root):
+    dm, algo = build(hat_cfg(tmp_path, no_data_root, "model.algorithm.binary_test_masks=true"))
+    algo.setup_task(0, 10)
+    algo.eval()
+    e = algo.embeddings[0][0]
+    assert torch.equal(algo.masks(0, 400.0)[0], (e > 0).float())  # at test: a = [e > 0]
+    algo.train()
+    assert torch.equal(algo.masks(0, 2.0)[0], torch.sigmoid(2.0 * e))  # in training: the paper's sigmoid gate
