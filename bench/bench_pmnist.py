@@ -3,8 +3,9 @@
 Runs `../shared/bench/limit_pmnist.py` (a hand-written loop over tensors held on the device) and
 `clarena-train` on permuted Fashion-MNIST, task-incremental, MLP, one head per task, with the same
 tasks, epochs, batch size, hidden sizes, learning rate and seed, each as its own process, and times
-each end to end (process start, imports and data loading included). Prints a table and one JSON
-line per algorithm: wall seconds of both, their ratio, steps per second, peak host memory.
+each end to end (process start, imports and data loading included). Each is run `--repeat` times,
+interleaved, and medians are reported (timings on a shared machine vary by tens of percent). Prints a
+table and one JSON line per algorithm: wall seconds of both, their ratio, steps per second, peak RSS.
 
     python bench/bench_pmnist.py --algo finetuning hat --tasks 3 --epochs 1 --batch 128
     python bench/bench_pmnist.py --device cuda --tasks 10 --batch 64 -- trainer.precision=bf16-mixed
@@ -50,6 +51,7 @@ def main():
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--yardstick", default=str(ROOT.parent / "shared" / "bench" / "limit_pmnist.py"))
     ap.add_argument("--threads", default=os.environ.get("OMP_NUM_THREADS", "1"), help="OMP_NUM_THREADS for both")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved; medians are reported (this machine's timings vary)")
     ap.add_argument("overrides", nargs="*", help="extra clarena-train overrides (after --)")
     a = ap.parse_args()
     if not Path(a.yardstick).exists(): sys.exit(f"yardstick not found: {a.yardstick} (pass --yardstick)")
@@ -63,22 +65,31 @@ def main():
         ycmd = [sys.executable, a.yardstick, "--data", a.data, "--device", a.device, "--algo", algo, "--tasks", str(a.tasks),
                 "--epochs", str(a.epochs), "--batch", str(a.batch), "--hidden", str(a.hidden), "--layers", str(a.layers),
                 "--seed", str(a.seed), "--lr", "0.05"]
-        y_wall, y_peak, y_out = timed(ycmd, env)
-        y = json.loads(y_out.strip().splitlines()[-1])
-        with tempfile.TemporaryDirectory() as d:
-            ccmd = [sys.executable, "-m", "clarena.train", f"experiment=pmnist_{'hat' if algo == 'hat' else 'finetuning'}",
-                    "data=permuted_fashion_mnist", f"data.num_tasks={a.tasks}", f"trainer.max_epochs={a.epochs}",
-                    f"data.batch_size={a.batch}", "data.val_size=0", "data.eval_batch_size=1000", "measure_fwt=false",
-                    f"model.backbone.hidden_dims=[{','.join([str(a.hidden)] * a.layers)}]", "model.optimizer.lr=0.05",
-                    f"seed={a.seed}", "trainer.enable_progress_bar=false", f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
-                    f"paths.output_dir={d}/run", f"paths.data_dir={d}/none", *a.overrides]
-            c_wall, c_peak, _ = timed(ccmd, env)
-            m = json.loads(Path(d, "run", "metrics.json").read_text())
+        runs = dict(y=[], c=[])
+        for rep in range(a.repeat):  # interleaved, so a slow spell of the machine hits both
+            y_wall, y_peak, y_out = timed(ycmd, env)
+            y = json.loads(y_out.strip().splitlines()[-1])
+            runs["y"].append((y_wall, y_peak, y))
+            with tempfile.TemporaryDirectory() as d:
+                ccmd = [sys.executable, "-m", "clarena.train", f"experiment=pmnist_{'hat' if algo == 'hat' else 'finetuning'}",
+                        "data=permuted_fashion_mnist", f"data.num_tasks={a.tasks}", f"trainer.max_epochs={a.epochs}",
+                        f"data.batch_size={a.batch}", "data.val_size=0", "data.eval_batch_size=1000", "measure_fwt=false",
+                        f"model.backbone.hidden_dims=[{','.join([str(a.hidden)] * a.layers)}]", "model.optimizer.lr=0.05",
+                        f"seed={a.seed}", "trainer.enable_progress_bar=false", f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
+                        f"paths.output_dir={d}/run", f"paths.data_dir={d}/none", *a.overrides]
+                c_wall, c_peak, _ = timed(ccmd, env)
+                runs["c"].append((c_wall, c_peak, json.loads(Path(d, "run", "metrics.json").read_text())))
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        y_wall, c_wall = med([w for w, _, _ in runs["y"]]), med([w for w, _, _ in runs["c"]])
+        y_peak, c_peak = max(p for _, p, _ in runs["y"]), max(p for _, p, _ in runs["c"])
+        y, m = runs["y"][0][2], runs["c"][0][2]
+        y_loop, c_train = med([r["wall_s"] for _, _, r in runs["y"]]), med([sum(r["task_wall_s"]) for _, _, r in runs["c"]])
         r = dict(algo=algo, device=a.device, tasks=a.tasks, epochs=a.epochs, batch=a.batch, hidden=a.hidden, layers=a.layers,
                  threads=a.threads, overrides=a.overrides, steps=steps,
-                 yardstick_e2e_s=round(y_wall, 2), clarena_e2e_s=round(c_wall, 2), ratio_e2e=round(c_wall / y_wall, 3),
-                 yardstick_loop_s=y["wall_s"], clarena_train_s=round(sum(m["task_wall_s"]), 2), clarena_loop_s=round(m["total_wall_s"], 2),
-                 yardstick_steps_per_s=round(steps / y["wall_s"], 1), clarena_steps_per_s=round(steps / sum(m["task_wall_s"]), 1),
+                 repeat=a.repeat, yardstick_e2e_s=round(y_wall, 2), clarena_e2e_s=round(c_wall, 2), ratio_e2e=round(c_wall / y_wall, 3),
+                 all_e2e_s=dict(yardstick=[round(w, 2) for w, _, _ in runs["y"]], clarena=[round(w, 2) for w, _, _ in runs["c"]]),
+                 yardstick_loop_s=y_loop, clarena_train_s=round(c_train, 2),
+                 yardstick_steps_per_s=round(steps / y_loop, 1), clarena_steps_per_s=round(steps / c_train, 1),
                  yardstick_avg_acc=y["avg_acc"], clarena_avg_acc=round(m["final_avg_acc"], 4),
                  yardstick_peak_rss_mb=round(y_peak, 1), clarena_peak_rss_mb=round(c_peak, 1))
         results.append(r)

@@ -6,13 +6,23 @@ Docs: https://clarena-dev.github.io/clarena/permuted.html.md"""
 
 # %% ../../nbs/01a_permuted.ipynb #d12735e0
 from __future__ import annotations
+import numpy as np
 import torch
 from .base import CLDataModule, TaskView, normalizer
 
 # %% auto #0
-__all__ = ['PermutedDataModule']
+__all__ = ['permute_pixels', 'PermutedDataModule']
 
 # %% ../../nbs/01a_permuted.ipynb #e69bd0ef
+def permute_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    "The images `x` `(N, C, H, W)` with their flattened pixels reordered by `perm`."
+    if torch.equal(perm, torch.arange(len(perm))): return x
+    flat = x.flatten(1)
+    if x.device.type == "cpu": out = torch.from_numpy(np.take(flat.numpy(), perm.numpy(), axis=1))
+    else: out = torch.index_select(flat, 1, perm.to(x.device))
+    return out.view(x.shape)
+
+# %% ../../nbs/01a_permuted.ipynb #8d426ba3
 class PermutedDataModule(CLDataModule):
     "Each task is `dataset` with a fixed pixel permutation drawn from `seed`; all tasks share the classes."
     scenarios = ("TIL",)
@@ -29,5 +39,4 @@ class PermutedDataModule(CLDataModule):
 
     def _make_view(self, task_id, x, y, rows):
         xs, ys = (x, y) if rows is None else (x[rows], y[rows])
-        permuted = xs.flatten(1)[:, self.perms[task_id].to(x.device)].view(xs.shape)
-        return TaskView(permuted, ys, normalizer(self.info, x.device), rows)
+        return TaskView(permute_pixels(xs, self.perms[task_id]), ys, normalizer(self.info, x.device), rows)
