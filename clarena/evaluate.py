@@ -7,7 +7,6 @@ Docs: https://clarena-dev.github.io/clarena/eval.html.md"""
 # %% ../nbs/09_eval.ipynb #49a377f8
 from __future__ import annotations
 import io, json, logging, sys, tempfile
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 
 # %% ../nbs/07_loop.ipynb #32323f17
 from __future__ import annotations
-import copy, datetime, io, json, logging, os, resource, subprocess, sys, time, warnings
+import copy, datetime, io, json, logging, resource, subprocess, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +106,7 @@ def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
-def _resume_point(cfg, dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
+def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
     "Restore the last checkpoint of the run being resumed; return the next task and the progress so far."
     ckpts = sorted((run_dir / "checkpoints").glob("task_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
     if not ckpts: raise ConfigError(f"nothing to resume in {run_dir}: it has no checkpoints/task_*.ckpt")
@@ -134,7 +134,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     if cfg.get("compile"): algo.backbone.compile()
     progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[])
     first = 0
-    if resume: first, progress = _resume_point(cfg, dm, algo, untrained, run_dir)
+    if resume: first, progress = _resume_point(dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     start, trainer = time.perf_counter(), None
     for t in range(first, dm.num_tasks):

@@ -1,13 +1,11 @@
 """HAT proven by its invariants (Serra et al., ICML 2018), not by a smoke run."""
-import warnings
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 
-from clarena.algorithms.hat import HAT, anneal_s
+from clarena.algorithms.hat import anneal_s
 from clarena.core import ConfigError
 from clarena.loop import build, make_trainer, run_experiment
 from clarena.train import compose_config

@@ -1,5 +1,4 @@
 """The other modes (evaluate, predict, debug, resume) and the faults a long run must survive."""
-import gzip
 import json
 import os
 import resource

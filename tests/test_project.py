@@ -1,6 +1,5 @@
 """Promises the repository makes about itself: README and .ci/run agree, README is generated from index.ipynb."""
 import re
-import subprocess
 import sys
 from pathlib import Path
 

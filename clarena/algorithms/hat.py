@@ -6,12 +6,10 @@ Docs: https://clarena-dev.github.io/clarena/hat.html.md"""
 
 # %% ../../nbs/06_hat.ipynb #9d6d2f74
 from __future__ import annotations
-import copy, logging, warnings
-import numpy as np
+import logging, warnings
 import torch
 from torch import nn
 from matplotlib.figure import Figure
-import lightning as L
 
 from ..core import ConfigError
 from .base import CLAlgorithm

@@ -7,7 +7,7 @@ Docs: https://clarena-dev.github.io/clarena/data.html.md"""
 # %% ../../nbs/01_data.ipynb #a8e7a17b
 from __future__ import annotations
 import gzip, os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable
