@@ -144,7 +144,8 @@ def plot_arena(rows: list[dict]) -> dict:
         ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
         for i in range(len(R)):
             for j in range(i + 1): ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if R[i, j] < 0.6 else "k")
-        ax.set(title=f"{algo}\n{b}", xlabel="tested on task", ylabel="after training task"); ax.title.set_fontsize(8)
+        ax.set(title=f"{algo}\n{b}", xlabel="tested on task", ylabel="after training task", xticks=range(len(R)), yticks=range(len(R)))
+        ax.title.set_fontsize(8)
     fig.tight_layout(); figs["arena_acc_matrices.png"] = fig
     return figs
 
