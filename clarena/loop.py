@@ -19,10 +19,12 @@ import clarena
 from .core import ConfigError, check_positive_int
 from . import metrics as M
 from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore
+from .data.base import ChunkedBatches
 
 # %% auto #0
-__all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_seed',
-           'run_experiment', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
+__all__ = ['AUTO_STEPS_PER_CALL', 'code_commit', 'make', 'build', 'configure_speed', 'run_dir_for', 'quiet_lightning',
+           'make_trainer', 'test_tasks', 'fit_task', 'task_seed', 'run_experiment', 'plot_label', 'write_results',
+           'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -60,9 +62,39 @@ def build(cfg: DictConfig):
                 optimizer=make(cfg.model.optimizer, "model.optimizer"), scheduler=make(sched, "model.scheduler") if sched else None)
     if dm.scenario not in algo.supports:
         raise ConfigError(f"{type(algo).__name__} is defined for scenarios {', '.join(algo.supports)}, not {dm.scenario}")
+    configure_speed(cfg, dm, algo)
     return dm, algo
 
-# %% ../nbs/07_loop.ipynb #0a5d9f38
+AUTO_STEPS_PER_CALL = 32  # what speed.steps_per_call=auto takes where chunks can run
+
+def configure_speed(cfg: DictConfig, dm, algo):
+    "Set the algorithm's fast path from `cfg.speed`; refuse combinations it cannot run, naming the setting to change."
+    speed = dict(cfg.get("speed") or {})
+    unknown = set(speed) - {"steps_per_call", "capture", "capture_warmup"}
+    if unknown: raise ConfigError(f"unknown speed option(s) {sorted(unknown)}; valid: 'steps_per_call', 'capture', 'capture_warmup'")
+    tr = cfg.trainer
+    if speed.get("steps_per_call") == "auto":  # chunks wherever they can run; one step per Lightning step in the debug modes
+        can = (dm.loader == "device" and "ddp" not in str(tr.get("strategy", "auto")) and not (isinstance(tr.get("devices"), int) and tr.devices > 1)
+               and str(tr.get("precision")) not in ("16-mixed", "16") and (tr.get("accumulate_grad_batches") or 1) == 1
+               and not tr.get("gradient_clip_val") and not tr.get("fast_dev_run") and not tr.get("overfit_batches"))
+        speed["steps_per_call"] = AUTO_STEPS_PER_CALL if can else 1
+    algo.configure_speed(**speed)
+    if algo.automatic_optimization: return
+    what = "speed.capture=true" if algo.capture else f"speed.steps_per_call={algo.steps_per_call}"
+    if dm.loader != "device":
+        raise ConfigError(f"{what} needs data.loader=device (batches gathered by index on the device), got data.loader={dm.loader!r}")
+    if algo.capture and not (tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())):
+        raise ConfigError(f"speed.capture=true needs a CUDA GPU (trainer=gpu); this run's trainer.accelerator is {tr.accelerator!r}")
+    if "ddp" in str(tr.get("strategy", "auto")) or (isinstance(tr.get("devices"), int) and tr.devices > 1):
+        raise ConfigError(f"{what} runs in one process; trainer.strategy={tr.get('strategy')} trainer.devices={tr.get('devices')} "
+                          f"asks for several: use speed.steps_per_call=1 speed.capture=false with DDP")
+    if str(tr.get("precision")) in ("16-mixed", "16"):
+        raise ConfigError(f"{what} with trainer.precision={tr.precision}: float16 needs a loss scaler; use bf16-mixed or 32-true")
+    if (tr.get("accumulate_grad_batches") or 1) != 1 or tr.get("gradient_clip_val"):
+        raise ConfigError(f"{what} runs each step itself: trainer.accumulate_grad_batches={tr.get('accumulate_grad_batches')} and "
+                          f"trainer.gradient_clip_val={tr.get('gradient_clip_val')} must be 1 and null")
+
+# %% ../nbs/07_loop.ipynb #c9d1b5b2
 def run_dir_for(cfg: DictConfig) -> Path:
     "The directory this run writes to (created, and checked writable)."
     from hydra.core.hydra_config import HydraConfig
@@ -76,7 +108,7 @@ def run_dir_for(cfg: DictConfig) -> Path:
         raise ConfigError(f"cannot write to the output directory {d}: {e.strerror}; set paths.log_dir or paths.output_dir") from None
     return d
 
-# %% ../nbs/07_loop.ipynb #c9d1b5b2
+# %% ../nbs/07_loop.ipynb #905a1472
 def quiet_lightning(level=logging.WARNING):
     "Silence Lightning's per-Trainer banners (device summary, tips): a run makes one Trainer per task."
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"): logging.getLogger(name).setLevel(level)
@@ -89,7 +121,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int) -> L.Trainer:
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     return L.Trainer(**kw, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
 
-# %% ../nbs/07_loop.ipynb #905a1472
+# %% ../nbs/07_loop.ipynb #47a44046
 def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "test") -> dict:
     "Accuracy and loss of `algo` on each task in `task_ids`, on its test split (or its validation split)."
     algo.test_task_ids = list(task_ids)
@@ -101,8 +133,16 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "
         if bar is not None: bar.enable()
     return dict(algo.test_results)
 
-# %% ../nbs/07_loop.ipynb #47a44046
+# %% ../nbs/07_loop.ipynb #8401523b
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
+
+def fit_task(trainer: L.Trainer, algo, dm):
+    "`Trainer.fit` on the current task; its training batches in chunks when the algorithm runs several steps per Lightning step."
+    train = dm.train_dataloader()
+    if not algo.automatic_optimization:
+        limit = trainer.limit_train_batches  # an int counts training steps, with or without chunks
+        train = ChunkedBatches(train, algo.steps_per_call, limit if isinstance(limit, int) else None)
+    trainer.fit(algo, train, dm.val_dataloader())
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
@@ -136,6 +176,9 @@ def run_experiment(cfg: DictConfig) -> dict:
     first = 0
     if resume: first, progress = _resume_point(dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    t_data = time.perf_counter()
+    dm.setup()  # load the source before the clock starts: total_wall_s times the tasks, as the yardstick's wall time does
+    data_load_s = time.perf_counter() - t_data
     start, trainer = time.perf_counter(), None
     for t in range(first, dm.num_tasks):
         L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
@@ -150,7 +193,7 @@ def run_experiment(cfg: DictConfig) -> dict:
             progress["pre_acc"].append(test_tasks(trainer, algo, dm, [t])[t][0])
             progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
         t0 = time.perf_counter()
-        trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
+        fit_task(trainer, algo, dm)
         algo.on_task_end(t)
         progress["task_wall_s"].append(time.perf_counter() - t0)
         res = test_tasks(trainer, algo, dm, list(range(t + 1)))
@@ -171,7 +214,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         out["final_val_acc"] = [val[t][0] for t in range(dm.num_tasks)]
         out["final_val_avg_acc"] = float(np.mean(out["final_val_acc"]))
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
-               total_wall_s=time.perf_counter() - start, resumed_at_task=first if resume else None,
+               total_wall_s=time.perf_counter() - start, data_load_s=data_load_s, resumed_at_task=first if resume else None,
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                experiment=cfg.experiment_name, algorithm=type(algo).__name__, scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
@@ -183,7 +226,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     if trainer.is_global_zero: write_results(out, run_dir, algo)
     return out
 
-# %% ../nbs/07_loop.ipynb #8401523b
+# %% ../nbs/07_loop.ipynb #e4a9d100
 def plot_label(metrics: dict) -> str:
     "Words that go into every figure's title: the algorithm, and the data when it is the bundled sample."
     return f"({metrics['algorithm']}{', bundled MNIST sample' if metrics.get('data_is_sample') else ''})"
@@ -201,7 +244,7 @@ def write_results(out: dict, run_dir: Path, algo=None):
     atomic_write(run_dir / "metrics.json", _json(out))
     (run_dir / "progress.json").unlink(missing_ok=True)
 
-# %% ../nbs/07_loop.ipynb #e4a9d100
+# %% ../nbs/07_loop.ipynb #db8b1266
 def show_figure(fig):
     "Display a `matplotlib.figure.Figure` inline as a PNG (clarena's figures are made without pyplot)."
     from IPython.display import Image, display
@@ -218,7 +261,7 @@ def show_run(run_dir, figures: tuple = ("acc_matrix.png", "avg_acc.png", "task_a
         if (Path(run_dir) / name).exists(): display(Image(filename=str(Path(run_dir) / name)))
     return m
 
-# %% ../nbs/07_loop.ipynb #db8b1266
+# %% ../nbs/07_loop.ipynb #634a19cc
 def load_metrics(run_dir) -> dict:
     "The `metrics.json` of the finished run in `run_dir`."
     run_dir = Path(run_dir)

@@ -7,7 +7,7 @@ import torch
 
 from clarena.algorithms.hat import anneal_s
 from clarena.core import ConfigError
-from clarena.loop import build, make_trainer, run_experiment
+from clarena.loop import build, fit_task, make_trainer, run_experiment
 from clarena.train import compose_config
 
 from conftest import FASHION_DIR
@@ -30,7 +30,7 @@ def train_task(cfg, dm, algo, t, callbacks=()):
     trainer.callbacks.extend(callbacks)
     dm.setup_task(t)
     algo.setup_task(t, dm.num_new_classes(t))
-    trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
+    fit_task(trainer, algo, dm)
     algo.on_task_end(t)
     return trainer
 
@@ -49,7 +49,7 @@ def test_protected_weights_unchanged_bit_for_bit(tmp_path, no_data_root):
     dm.setup_task(1); algo.setup_task(1, 10)
     factors = [(wf.clone(), bf.clone()) for wf, bf in algo._factors]
     trainer = make_trainer(cfg, Path(cfg.paths.output_dir), 1)
-    trainer.fit(algo, dm.train_dataloader(), dm.val_dataloader())
+    fit_task(trainer, algo, dm)
     algo.on_task_end(1)
     after = algo.state_dict()
     protected = moved = 0
@@ -69,7 +69,8 @@ def test_protected_weights_unchanged_bit_for_bit(tmp_path, no_data_root):
 
 
 def test_s_anneals_every_epoch_and_cum_mask_grows(tmp_path, no_data_root):
-    cfg = hat_cfg(tmp_path, no_data_root, "trainer.max_epochs=2", "trainer.limit_train_batches=7")
+    # one step per Lightning step, so that a Lightning batch hook sees every step's s
+    cfg = hat_cfg(tmp_path, no_data_root, "trainer.max_epochs=2", "trainer.limit_train_batches=7", "speed.steps_per_call=1")
     dm, algo = build(cfg)
     cums = [[c.clone() for c in algo.cum_masks]]
     rec = RecordS()
@@ -135,3 +136,12 @@ def test_binary_test_masks_option(tmp_path, no_data_root):
     assert torch.equal(algo.masks(0, 400.0)[0], (e > 0).float())  # at test: a = [e > 0]
     algo.train()
     assert torch.equal(algo.masks(0, 2.0)[0], torch.sigmoid(2.0 * e))  # in training: the paper's sigmoid gate
+
+
+def test_per_task_tensors_follow_the_module_to_its_device(tmp_path, no_data_root):
+    "Lightning moves the module to the CPU after every fit and test and back before the next: HAT's per-task tensors must move with it."
+    dm, algo = build(hat_cfg(tmp_path, no_data_root))
+    dm.setup_task(0); algo.setup_task(0, 10)
+    algo.to("meta")  # any device other than the one on_task_start saw
+    moved = [t for wf, bf in algo._factors for t in (wf, bf)] + algo.cum_masks + list(algo.embeddings[0])
+    assert len(moved) == 8 and all(t.device.type == "meta" for t in moved)

@@ -67,7 +67,7 @@ def test_debug_configs_run(tmp_path, args):
 
 
 def test_resume_after_kill_gives_the_uninterrupted_matrix(tmp_path):
-    common = ["experiment=pmnist_hat", "data.num_tasks=3", "trainer.max_epochs=3", "trainer.limit_train_batches=40",
+    common = ["experiment=pmnist_hat", "data.num_tasks=3", "trainer.max_epochs=3", "trainer.limit_train_batches=100",
               "model.backbone.hidden_dims=[64,64]", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
               f"paths.data_dir={tmp_path / 'none'}"]
     killed = tmp_path / "killed"
@@ -78,7 +78,7 @@ def test_resume_after_kill_gives_the_uninterrupted_matrix(tmp_path):
         prog = killed / "progress.json"
         if prog.exists() and json.loads(prog.read_text())["tasks_done"] == 1: break
         time.sleep(0.05)
-    time.sleep(0.8)  # into task 1
+    time.sleep(0.1)  # into task 1 (300 steps of it)
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (killed / "metrics.json").exists()
     done = json.loads((killed / "progress.json").read_text())["tasks_done"]

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 import lightning as L
-from ..core import TrainingError
+from ..core import ConfigError, TrainingError, check_positive_int
+from ..data.base import IndexChunk
 
 # %% auto #0
 __all__ = ['CLAlgorithm']
@@ -30,12 +31,15 @@ class CLAlgorithm(L.LightningModule):
         self.head_classes: list[int] = []  # head outputs each task added
         self.test_task_ids: list[int] = []
         self.test_results: dict[int, tuple[float, float]] = {}
+        self.configure_speed()
 
     # ---- the hooks algorithms override ----
     def on_task_start(self, task_id: int): pass
     def on_task_end(self, task_id: int): pass
     def extra_loss(self) -> torch.Tensor | float: return 0.0
+    def before_step(self, batch_idx: int, num_batches: int): pass
     def adjust_gradients(self): pass
+    def after_step(self): pass
     def check_optimizer(self, optimizer: torch.optim.Optimizer): pass
     def task_report(self, task_id: int) -> dict: return {}
     def figures(self, metrics: dict) -> dict: return {}
@@ -54,7 +58,17 @@ class CLAlgorithm(L.LightningModule):
         return self.head(self.backbone(x, task_id=task_id), task_id)
 
     # ---- training ----
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.automatic_optimization: self.before_step(batch_idx, self.trainer.num_training_batches)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.automatic_optimization: self.after_step()
+
     def training_step(self, batch, batch_idx):
+        if isinstance(batch, IndexChunk): return self._train_chunk(batch, batch_idx)
+        if not self.automatic_optimization:
+            raise ConfigError(f"{type(self).__name__} is set to run {self.steps_per_call} steps per Lightning step (speed.steps_per_call): "
+                              f"fit it on ChunkedBatches (clarena.loop.fit_task does), or call configure_speed() for one step per batch")
         x, y = batch
         loss = F.cross_entropy(self(x, self.task_id), y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
@@ -63,9 +77,9 @@ class CLAlgorithm(L.LightningModule):
         self._check_finite(total, batch_idx)
         return total
 
-    def _check_finite(self, total: torch.Tensor, batch_idx: int):
+    def _check_finite(self, total: torch.Tensor, batch_idx: int, every: int | None = None):
         "Stop on a non-finite loss, naming the task and step. On an accelerator only every `log_every_n_steps` (a check syncs the host)."
-        every = 1 if total.device.type == "cpu" else self.trainer.log_every_n_steps
+        every = every or (1 if total.device.type == "cpu" else self.trainer.log_every_n_steps)
         if self.global_step % every == 0 and not bool(torch.isfinite(total)):
             raise TrainingError(f"non-finite loss ({float(total)}) in task {self.task_id} at step {self.global_step} "
                                 f"(epoch {self.current_epoch}, batch {batch_idx}): lower the learning rate, or try "
@@ -73,6 +87,7 @@ class CLAlgorithm(L.LightningModule):
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         "Batches from `TensorBatches` are already on the device: skip Lightning's generic walk over the batch."
+        if isinstance(batch, IndexChunk): return batch
         if isinstance(batch, (tuple, list)) and all(torch.is_tensor(b) and b.device == device for b in batch): return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
@@ -81,8 +96,74 @@ class CLAlgorithm(L.LightningModule):
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
         self.check_optimizer(opt)
+        if self.capture and any(not g.get("capturable", True) for g in opt.param_groups):
+            raise ConfigError(f"speed.capture=true with {type(opt).__name__}(capturable=False): its step reads a host-side counter "
+                              f"that a CUDA graph cannot replay; set model.optimizer.capturable=true, or use SGD")
         if self.scheduler_factory is None: return opt
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=self.scheduler_factory(opt), monitor=self.scheduler_monitor))
+
+    # ---- the fast path: several steps per Lightning step, optionally replayed from a CUDA graph ----
+    def configure_speed(self, steps_per_call: int = 1, capture: bool = False, capture_warmup: int = 2):
+        "Let one Lightning step drive `steps_per_call` training steps; with `capture`, replay each step from a CUDA graph."
+        self.steps_per_call = check_positive_int("speed.steps_per_call", steps_per_call)
+        self.capture_warmup = check_positive_int("speed.capture_warmup", capture_warmup)
+        self.capture = bool(capture)
+        self.automatic_optimization = steps_per_call == 1 and not capture
+        self._graph = None
+
+    def _step_body(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer):
+        "One training step, in the order Lightning's automatic optimisation runs it."
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self(x, self.task_id), y)
+        total = loss + self.extra_loss()
+        total.backward()
+        self.adjust_gradients()
+        opt.step()
+        self.after_step()
+        return loss, total
+
+    def _count_step(self):
+        "Advance Lightning's step counter (`global_step`) by one optimizer step."
+        prog = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        prog.increment_ready(); prog.increment_completed()
+
+    def _train_chunk(self, chunk: IndexChunk, chunk_idx: int):
+        "Run the training steps of `chunk`, eagerly or by graph replay."
+        opt = self.optimizers(use_pl_optimizer=False)
+        num_batches, logged = min(chunk.num_batches, self.trainer.num_training_batches * self.steps_per_call), []
+        for j, idx in enumerate(chunk.indices):
+            self.before_step(chunk.first + j, num_batches)
+            if self.capture and len(idx) == chunk.batch_size:
+                loss, total = self._captured_step(chunk.view, idx, opt)
+            else:
+                loss, total = self._step_body(*chunk.view.batch(idx), opt)
+                if not self.capture: self._check_finite(total.detach(), chunk.first + j)
+            if (self.global_step + 1) % self.trainer.log_every_n_steps == 0: logged.append((self.global_step, loss.detach().clone(), total.detach().clone()))
+            self._count_step()
+        for step, loss, total in logged:  # the steps a one-step-per-Lightning-step run logs, at the same step numbers
+            if self.capture: self._check_finite(total, chunk.first, every=1)
+            for logger in self.loggers: logger.log_metrics({"train/loss": float(loss)}, step=step)
+        if logged: self.log("train/loss", logged[-1][1], prog_bar=True, logger=False, batch_size=len(chunk.indices[-1]))
+
+    def _captured_step(self, view, idx: torch.Tensor, opt):
+        "Replay the step's CUDA graph for batch `idx`; capture it first (after `capture_warmup` eager steps) for a new task, optimizer or learning rate."
+        key = (self.task_id, id(view), id(opt), len(idx), tuple(g["lr"] for g in opt.param_groups))
+        g = self._graph
+        if g is None or g["key"] != key:
+            if g is None or g.get("warm_key") != key: self._graph = g = dict(key=None, warm_key=key, warm=0)
+            if g["warm"] < self.capture_warmup:  # eager warm-up steps, the task's real first updates, on a side stream
+                g["warm"] += 1
+                side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side): out = self._step_body(*view.batch(idx), opt)
+                torch.cuda.current_stream().wait_stream(side)
+                return out
+            static_idx = idx.clone()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph): out = self._step_body(*view.batch(static_idx), opt)
+            self._graph = g = dict(key=key, graph=graph, idx=static_idx, out=out)
+        g["idx"].copy_(idx)
+        g["graph"].replay()
+        return g["out"]
 
     # ---- validation (current task) and test (every task seen) ----
     def _score(self, batch, task_id):

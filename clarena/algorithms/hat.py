@@ -65,10 +65,15 @@ class HAT(CLAlgorithm):
         self.binary_test_masks, self.capacity_warn, self.init_seed = binary_test_masks, capacity_warn, init_seed
         self.embeddings = nn.ModuleList()  # embeddings[t][l]: e_l^t
         for l, n in enumerate(backbone.mask_sizes): self.register_buffer(f"cum_mask_{l}", torch.zeros(n))
-        self.s, self._masks, self._factors = s_max, None, None
+        self.s, self._masks = s_max, None
 
     @property
     def cum_masks(self) -> list: return [getattr(self, f"cum_mask_{l}") for l in range(len(self.backbone.mask_sizes))]
+
+    @property
+    def _factors(self) -> list:
+        "The current task's `(weight, bias)` gradient factors per gated layer (set in `on_task_start`)."
+        return [(getattr(self, f"grad_factor_w{l}"), getattr(self, f"grad_factor_b{l}")) for l in range(len(self.backbone.mask_sizes))]
 
     def masks(self, task_id: int, s: float) -> list:
         "The gates $a^t_l = \\sigma(s e^t_l)$ of task `task_id` (binarised $[e > 0]$ at test if `binary_test_masks`)."
@@ -87,15 +92,21 @@ class HAT(CLAlgorithm):
         if task_id == len(self.embeddings):
             g = torch.Generator().manual_seed(self.init_seed * 1000 + task_id)
             self.embeddings.append(nn.ParameterList(nn.Parameter(torch.randn(n, generator=g).to(self.device)) for n in self.backbone.mask_sizes))
-        self._factors = grad_factors(self.cum_masks, self.backbone.gated_layers())
+        for l, (wf, bf) in enumerate(grad_factors(self.cum_masks, self.backbone.gated_layers())):  # buffers: they follow the module to its device
+            self.register_buffer(f"grad_factor_w{l}", wf, persistent=False)
+            self.register_buffer(f"grad_factor_b{l}", bf, persistent=False)
         free = [float((1 - p).mean()) for p in self.cum_masks]
         if task_id > 0 and min(free) < self.capacity_warn:
             msg = (f"HAT task {task_id}: little free capacity left, free fraction per layer "
                    f"{[round(f, 4) for f in free]}: this task can barely learn (a larger backbone or a larger capacity_reg helps)")
             warnings.warn(msg); log.warning(msg)
 
-    def on_train_batch_start(self, batch, batch_idx):
-        self.s = anneal_s(batch_idx, self.trainer.num_training_batches, self.s_max)
+    def before_step(self, batch_idx: int, num_batches: int):
+        s = anneal_s(batch_idx, num_batches, self.s_max)
+        if self.capture:  # a captured step reads s from one device tensor, refilled before each replay
+            if not torch.is_tensor(self.s) or self.s.device != self.device: self.s = torch.tensor(s, device=self.device)
+            self.s.fill_(s)
+        else: self.s = s
 
     def forward(self, x, task_id):
         masks = self.masks(task_id, self.s if self.training else self.s_max)
@@ -113,7 +124,7 @@ class HAT(CLAlgorithm):
             if e.grad is not None: e.grad.mul_(compensation(e.detach(), self.s, self.s_max))
         torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip_norm)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def after_step(self):
         with torch.no_grad():
             for e in self.embeddings[self.task_id]: e.clamp_(-self.clamp, self.clamp)
 

@@ -21,7 +21,8 @@ from ..core import ConfigError, DataError, check_choice, check_positive_int
 
 # %% auto #0
 __all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'load_source', 'TaskView', 'TensorBatches', 'host_dataloader', 'crop_flip', 'CLDataModule', 'normalizer']
+           'load_source', 'TaskView', 'TensorBatches', 'IndexChunk', 'ChunkedBatches', 'host_dataloader', 'crop_flip',
+           'CLDataModule', 'normalizer']
 
 # %% ../../nbs/01_data.ipynb #94584ce2
 CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
@@ -224,6 +225,35 @@ class TensorBatches:
         for idx in self.index_batches(): yield self.view.batch(idx)
 
 # %% ../../nbs/01_data.ipynb #86373572
+@dataclass
+class IndexChunk:
+    "The index batches of consecutive training steps that one Lightning step runs."
+    view: TaskView
+    indices: list               # one index tensor per step, on the data's device
+    first: int                  # the epoch's batch number of `indices[0]`
+    num_batches: int            # batches in the epoch
+    batch_size: int             # the full batch size (the epoch's last batch may be smaller)
+
+    def __len__(self): return len(self.indices)
+
+class ChunkedBatches:
+    "Serve `tb`'s index batches `k` at a time, as `IndexChunk`s (the same batches, in the same order); `limit`: only the first `limit` batches."
+    def __init__(self, tb: TensorBatches, k: int, limit: int | None = None):
+        self.tb, self.k = tb, check_positive_int("speed.steps_per_call", k)
+        self.num_batches = len(tb) if limit is None else min(len(tb), check_positive_int("limit_train_batches", limit))
+
+    def __len__(self): return -(-self.num_batches // self.k)
+
+    def __iter__(self):
+        n, chunk, first = self.num_batches, [], 0
+        for b, idx in zip(range(n), self.tb.index_batches()):
+            chunk.append(idx)
+            if len(chunk) == self.k:
+                yield IndexChunk(self.tb.view, chunk, first, n, self.tb.batch_size)
+                first, chunk = first + self.k, []
+        if chunk: yield IndexChunk(self.tb.view, chunk, first, n, self.tb.batch_size)
+
+# %% ../../nbs/01_data.ipynb #92307c22
 class _IndexSampler:
     "A DataLoader batch sampler yielding the index batches of a `TensorBatches`."
     def __init__(self, tb: TensorBatches): self.tb = tb
@@ -242,7 +272,7 @@ def host_dataloader(tb: TensorBatches, num_workers: int = 0, pin_memory: bool = 
     return DataLoader(range(len(tb.view)), batch_sampler=_IndexSampler(tb), collate_fn=_GatherBatch(tb.view),
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
 
-# %% ../../nbs/01_data.ipynb #92307c22
+# %% ../../nbs/01_data.ipynb #972bac7a
 def crop_flip(xb: torch.Tensor, pad: int = 4) -> torch.Tensor:
     "Random crop after zero padding, and random horizontal flip, of a batch `(N, C, H, W)`."
     n, c, h, w = xb.shape
@@ -255,7 +285,7 @@ def crop_flip(xb: torch.Tensor, pad: int = 4) -> torch.Tensor:
     flip = torch.rand(n, device=dev) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
-# %% ../../nbs/01_data.ipynb #972bac7a
+# %% ../../nbs/01_data.ipynb #a0efd761
 class CLDataModule(L.LightningDataModule):
     "Base continual-learning datamodule: a sequence of tasks built from one source dataset."
     max_tasks: int | None = None  # how many tasks the benchmark can make (None: unlimited)
@@ -378,7 +408,7 @@ class CLDataModule(L.LightningDataModule):
     @property
     def data_is_sample(self) -> bool: return self.data is not None and self.data.is_sample
 
-# %% ../../nbs/01_data.ipynb #ac03d783
+# %% ../../nbs/01_data.ipynb #6d9c7f49
 def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
     "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."
     std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
