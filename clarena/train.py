@@ -6,11 +6,13 @@ Docs: https://clarena-dev.github.io/clarena/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #da208bcc
 from __future__ import annotations
-import logging, sys
+import logging, os, sys
 from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .core import ConfigError, TrainingError
@@ -19,7 +21,7 @@ from .loop import run_experiment
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'compose_config', 'resume_config', 'main']
+__all__ = ['log', 'compose_config', 'resume_config', 'main', 'fast_exit']
 
 # %% ../nbs/08_cli.ipynb #0e298ccf
 def compose_config(experiment: str | None = None, overrides: list | tuple = ()) -> DictConfig:
@@ -44,6 +46,9 @@ def _train(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("resume"): cfg = resume_config(cfg.resume)
         out = run_experiment(cfg)
+        global _single_process_run
+        _single_process_run = HydraConfig.get().mode == RunMode.RUN and out["config"]["trainer"].get("devices") in (1, "1", None) \
+            and "ddp" not in str(out["config"]["trainer"].get("strategy"))
     except ConfigError as e:
         log.error("configuration error: %s", e)
         print(f"clarena: configuration error: {e}", file=sys.stderr)
@@ -60,9 +65,17 @@ def _train(cfg: DictConfig) -> float | None:
     # the objective of a sweeper (Optuna): validation accuracy, so the test data stay out of the search
     return out.get("final_val_avg_acc", out["final_avg_acc"])
 
+_single_process_run = False  # set by a finished run that is neither a sweep nor one process of several
+
 def main():
     "Entry point of `clarena-train`."
     _train()
+    if _single_process_run: fast_exit()
+
+def fast_exit(code: int = 0):
+    "End the process without the interpreter's teardown of torch and Lightning (about 1.8 s on this project's 2-core machine); logs and output are flushed first, and every result file is already written (atomically)."
+    logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
+    os._exit(code)
 
 # %% ../nbs/08_cli.ipynb #a439ffff
 if __name__ == "__main__": main()

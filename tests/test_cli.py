@@ -34,6 +34,7 @@ def test_end_to_end_default_experiment(tmp_path, no_data_root):
     for f in ("acc_matrix.csv", "acc_matrix.png", "avg_acc.png", "task_acc.png", "config.yaml", "csv/task_2/metrics.csv"):
         assert (run / f).stat().st_size > 0, f
     assert not (run / "progress.json").exists()
+    assert "final average accuracy" in (run / "train.log").read_text()  # the log is flushed before the fast exit
     rows = (run / "acc_matrix.csv").read_text().splitlines()
     assert len(rows) == 3 and abs(float(rows[2].split(",")[1]) - m["acc_matrix"][2][1]) < 1e-6
 

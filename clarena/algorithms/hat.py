@@ -17,7 +17,8 @@ from .base import CLAlgorithm
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'anneal_s', 'compensation', 'capacity_regularizer', 'grad_factors', 'HAT', 'plot_capacity', 'plot_masks']
+__all__ = ['log', 'anneal_s', 'compensation', 'free_capacity', 'capacity_regularizer', 'clip_grad_norm', 'grad_factors', 'HAT',
+           'plot_capacity', 'plot_masks']
 
 # %% ../../nbs/06_hat.ipynb #bb6526e1
 def anneal_s(batch_idx: int, num_batches: int, s_max: float) -> float:
@@ -29,11 +30,22 @@ def compensation(e: torch.Tensor, s: float, s_max: float, clamp: float = 50.0) -
     "The factor on the embedding gradient (eq. 5): $s_{max}(\\cosh(\\mathrm{clamp}(s e)) + 1) / (s(\\cosh(e) + 1))$."
     return s_max / s * (torch.cosh(torch.clamp(s * e, -clamp, clamp)) + 1) / (torch.cosh(e) + 1)
 
-def capacity_regularizer(masks: list, cum_masks: list, min_free: float = 1.0) -> torch.Tensor:
-    "HAT's capacity regulariser (eq. 6) without $c$; the denominator is clamped at `min_free` units."
-    num = sum((m * (1 - p)).sum() for m, p in zip(masks, cum_masks))
-    den = sum((1 - p).sum() for p in cum_masks)
-    return num / torch.clamp(den, min=min_free)
+def free_capacity(cum_masks: list, min_free: float = 1.0) -> tuple:
+    "Each layer's free part $1 - a^{<t}$, and the regulariser's denominator $\\max(\\sum_l \\sum_i (1 - a^{<t}_{l,i}),$ `min_free`$)$: fixed for a task."
+    free = [1 - p for p in cum_masks]
+    return free, torch.clamp(sum(f.sum() for f in free), min=min_free)
+
+def capacity_regularizer(masks: list, cum_masks: list | None = None, min_free: float = 1.0, free: tuple | None = None) -> torch.Tensor:
+    "HAT's capacity regulariser (eq. 6) without $c$; the denominator is clamped at `min_free` units. `free`: `free_capacity(cum_masks)`, if already computed."
+    free, den = free if free is not None else free_capacity(cum_masks, min_free)
+    return sum((m * f).sum() for m, f in zip(masks, free)) / den
+
+def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
+    "Scale the gradients of `params` so that their joint L2 norm is at most `max_norm`; the arithmetic of `torch.nn.utils.clip_grad_norm_`, in five tensor ops and no host sync."
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    return total
 
 def grad_factors(cum_masks: list, gated_layers: list) -> list:
     "For each gated layer, the multipliers of its weight and bias gradients (eq. 2), from the cumulative mask."
@@ -65,7 +77,7 @@ class HAT(CLAlgorithm):
         self.binary_test_masks, self.capacity_warn, self.init_seed = binary_test_masks, capacity_warn, init_seed
         self.embeddings = nn.ModuleList()  # embeddings[t][l]: e_l^t
         for l, n in enumerate(backbone.mask_sizes): self.register_buffer(f"cum_mask_{l}", torch.zeros(n))
-        self.s, self._masks = s_max, None
+        self.s, self._masks, self._trained = s_max, None, (None, [])
 
     @property
     def cum_masks(self) -> list: return [getattr(self, f"cum_mask_{l}") for l in range(len(self.backbone.mask_sizes))]
@@ -95,6 +107,9 @@ class HAT(CLAlgorithm):
         for l, (wf, bf) in enumerate(grad_factors(self.cum_masks, self.backbone.gated_layers())):  # buffers: they follow the module to its device
             self.register_buffer(f"grad_factor_w{l}", wf, persistent=False)
             self.register_buffer(f"grad_factor_b{l}", bf, persistent=False)
+        free, den = free_capacity(self.cum_masks)  # the regulariser's task-fixed parts
+        for l, f in enumerate(free): self.register_buffer(f"free_{l}", f, persistent=False)
+        self.register_buffer("free_total", den, persistent=False)
         free = [float((1 - p).mean()) for p in self.cum_masks]
         if task_id > 0 and min(free) < self.capacity_warn:
             msg = (f"HAT task {task_id}: little free capacity left, free fraction per layer "
@@ -114,7 +129,8 @@ class HAT(CLAlgorithm):
         return self.head(self.backbone(x, masks, task_id=task_id), task_id)
 
     def extra_loss(self):
-        return self.capacity_reg * capacity_regularizer(self._masks, self.cum_masks)
+        free = [getattr(self, f"free_{l}") for l in range(len(self._masks))]
+        return self.capacity_reg * capacity_regularizer(self._masks, free=(free, self.free_total))
 
     def adjust_gradients(self):
         for (module, _), (wf, bf) in zip(self.backbone.gated_layers(), self._factors):
@@ -122,7 +138,9 @@ class HAT(CLAlgorithm):
             if bf is not None and module.bias.grad is not None: module.bias.grad.mul_(bf)
         for e in self.embeddings[self.task_id]:
             if e.grad is not None: e.grad.mul_(compensation(e.detach(), self.s, self.s_max))
-        torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip_norm)
+        if self._trained[0] != self.task_id:  # the parameters a step of this task trains: the same every step, found once
+            self._trained = (self.task_id, [p for p in self.parameters() if p.grad is not None])
+        clip_grad_norm(self._trained[1], self.grad_clip_norm)
 
     def after_step(self):
         with torch.no_grad():
