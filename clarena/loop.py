@@ -78,7 +78,9 @@ def configure_speed(cfg: DictConfig, dm, algo):
                and str(tr.get("precision")) not in ("16-mixed", "16") and (tr.get("accumulate_grad_batches") or 1) == 1
                and not tr.get("gradient_clip_val") and not tr.get("fast_dev_run") and not tr.get("overfit_batches"))
         speed["steps_per_call"] = AUTO_STEPS_PER_CALL if can else 1
-    algo.configure_speed(**speed)
+        algo.configure_speed(**speed)
+        algo.speed_auto = True  # fit_task falls back to one step per Lightning step if the trainer turns out to run several processes
+    else: algo.configure_speed(**speed)
     if algo.automatic_optimization: return
     what = "speed.capture=true" if algo.capture else f"speed.steps_per_call={algo.steps_per_call}"
     if dm.loader != "device":
@@ -139,6 +141,10 @@ def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 def fit_task(trainer: L.Trainer, algo, dm):
     "`Trainer.fit` on the current task; its training batches in chunks when the algorithm runs several steps per Lightning step."
     train = dm.train_dataloader()
+    if trainer.world_size > 1 and not algo.automatic_optimization:  # e.g. trainer.devices=auto on a machine with several GPUs
+        if getattr(algo, "speed_auto", False) and not algo.capture: algo.configure_speed(1, False, algo.capture_warmup)
+        else: raise ConfigError(f"speed.steps_per_call={algo.steps_per_call} speed.capture={algo.capture} run in one process; this trainer "
+                                f"runs {trainer.world_size}: set trainer.devices=1, or speed.steps_per_call=1 speed.capture=false")
     if not algo.automatic_optimization:
         limit = trainer.limit_train_batches  # an int counts training steps, with or without chunks
         train = ChunkedBatches(train, algo.steps_per_call, limit if isinstance(limit, int) else None)
@@ -226,7 +232,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     if trainer.is_global_zero: write_results(out, run_dir, algo)
     return out
 
-# %% ../nbs/07_loop.ipynb #e4a9d100
+# %% ../nbs/07_loop.ipynb #db8b1266
 def plot_label(metrics: dict) -> str:
     "Words that go into every figure's title: the algorithm, and the data when it is the bundled sample."
     return f"({metrics['algorithm']}{', bundled MNIST sample' if metrics.get('data_is_sample') else ''})"
@@ -244,7 +250,7 @@ def write_results(out: dict, run_dir: Path, algo=None):
     atomic_write(run_dir / "metrics.json", _json(out))
     (run_dir / "progress.json").unlink(missing_ok=True)
 
-# %% ../nbs/07_loop.ipynb #db8b1266
+# %% ../nbs/07_loop.ipynb #634a19cc
 def show_figure(fig):
     "Display a `matplotlib.figure.Figure` inline as a PNG (clarena's figures are made without pyplot)."
     from IPython.display import Image, display
@@ -261,7 +267,7 @@ def show_run(run_dir, figures: tuple = ("acc_matrix.png", "avg_acc.png", "task_a
         if (Path(run_dir) / name).exists(): display(Image(filename=str(Path(run_dir) / name)))
     return m
 
-# %% ../nbs/07_loop.ipynb #634a19cc
+# %% ../nbs/07_loop.ipynb #51d1b676
 def load_metrics(run_dir) -> dict:
     "The `metrics.json` of the finished run in `run_dir`."
     run_dir = Path(run_dir)
