@@ -67,34 +67,37 @@ def build(cfg: DictConfig):
 
 AUTO_STEPS_PER_CALL = 32  # what speed.steps_per_call=auto takes where chunks can run
 
+def _speed_blockers(tr, dm) -> list:
+    "Why several steps per Lightning step cannot run with this trainer and data (empty: they can)."
+    out = []
+    if dm.loader != "device": out.append(f"needs data.loader=device (batches gathered by index on the device), got data.loader={dm.loader!r}")
+    if "ddp" in str(tr.get("strategy", "auto")) or (isinstance(tr.get("devices"), int) and tr.devices > 1):
+        out.append(f"runs in one process; trainer.strategy={tr.get('strategy')} trainer.devices={tr.get('devices')} asks for several: "
+                   f"use speed.steps_per_call=1 speed.capture=false with DDP")
+    if str(tr.get("precision")) in ("16-mixed", "16"):
+        out.append(f"with trainer.precision={tr.precision}: float16 needs a loss scaler; use bf16-mixed or 32-true")
+    if (tr.get("accumulate_grad_batches") or 1) != 1 or tr.get("gradient_clip_val"):
+        out.append(f"runs each step itself: trainer.accumulate_grad_batches={tr.get('accumulate_grad_batches')} and "
+                   f"trainer.gradient_clip_val={tr.get('gradient_clip_val')} must be 1 and null")
+    return out
+
 def configure_speed(cfg: DictConfig, dm, algo):
     "Set the algorithm's fast path from `cfg.speed`; refuse combinations it cannot run, naming the setting to change."
     speed = dict(cfg.get("speed") or {})
     unknown = set(speed) - {"steps_per_call", "capture", "capture_warmup"}
     if unknown: raise ConfigError(f"unknown speed option(s) {sorted(unknown)}; valid: 'steps_per_call', 'capture', 'capture_warmup'")
-    tr = cfg.trainer
-    if speed.get("steps_per_call") == "auto":  # chunks wherever they can run; one step per Lightning step in the debug modes
-        can = (dm.loader == "device" and "ddp" not in str(tr.get("strategy", "auto")) and not (isinstance(tr.get("devices"), int) and tr.devices > 1)
-               and str(tr.get("precision")) not in ("16-mixed", "16") and (tr.get("accumulate_grad_batches") or 1) == 1
-               and not tr.get("gradient_clip_val") and not tr.get("fast_dev_run") and not tr.get("overfit_batches"))
-        speed["steps_per_call"] = AUTO_STEPS_PER_CALL if can else 1
-        algo.configure_speed(**speed)
-        algo.speed_auto = True  # fit_task falls back to one step per Lightning step if the trainer turns out to run several processes
-    else: algo.configure_speed(**speed)
+    tr, blockers = cfg.trainer, _speed_blockers(cfg.trainer, dm)
+    auto = speed.get("steps_per_call") == "auto"
+    if auto:  # chunks wherever they can run; one step per Lightning step in the debug modes
+        debug = tr.get("fast_dev_run") or tr.get("overfit_batches")
+        speed["steps_per_call"] = 1 if blockers or debug else AUTO_STEPS_PER_CALL
+    algo.configure_speed(**speed)
+    algo.speed_auto = auto  # fit_task falls back to one step per Lightning step if the trainer turns out to run several processes
     if algo.automatic_optimization: return
     what = "speed.capture=true" if algo.capture else f"speed.steps_per_call={algo.steps_per_call}"
-    if dm.loader != "device":
-        raise ConfigError(f"{what} needs data.loader=device (batches gathered by index on the device), got data.loader={dm.loader!r}")
     if algo.capture and not (tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())):
         raise ConfigError(f"speed.capture=true needs a CUDA GPU (trainer=gpu); this run's trainer.accelerator is {tr.accelerator!r}")
-    if "ddp" in str(tr.get("strategy", "auto")) or (isinstance(tr.get("devices"), int) and tr.devices > 1):
-        raise ConfigError(f"{what} runs in one process; trainer.strategy={tr.get('strategy')} trainer.devices={tr.get('devices')} "
-                          f"asks for several: use speed.steps_per_call=1 speed.capture=false with DDP")
-    if str(tr.get("precision")) in ("16-mixed", "16"):
-        raise ConfigError(f"{what} with trainer.precision={tr.precision}: float16 needs a loss scaler; use bf16-mixed or 32-true")
-    if (tr.get("accumulate_grad_batches") or 1) != 1 or tr.get("gradient_clip_val"):
-        raise ConfigError(f"{what} runs each step itself: trainer.accumulate_grad_batches={tr.get('accumulate_grad_batches')} and "
-                          f"trainer.gradient_clip_val={tr.get('gradient_clip_val')} must be 1 and null")
+    if blockers: raise ConfigError(f"{what} {blockers[0]}")
 
 # %% ../nbs/07_loop.ipynb #c9d1b5b2
 def run_dir_for(cfg: DictConfig) -> Path:
