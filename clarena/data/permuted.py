@@ -25,7 +25,7 @@ def permute_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 # %% ../../nbs/01a_permuted.ipynb #8d426ba3
 class PermutedDataModule(CLDataModule):
     "Each task is `dataset` with a fixed pixel permutation drawn from `seed`; all tasks share the classes."
-    scenarios = ("TIL",)
+    scenarios = ("TIL", "DIL")
 
     def __init__(self, dataset: str = "mnist", num_tasks: int = 10, first_task_identity: bool = True, **kwargs):
         super().__init__(dataset=dataset, num_tasks=num_tasks, **kwargs)

@@ -1,4 +1,4 @@
-"""Split MNIST, Split Fashion-MNIST, and any other dataset in the table: the classes are divided into disjoint tasks, TIL or CIL.
+"""Split MNIST, Split Fashion-MNIST, and any other dataset in the table: the classes are divided into disjoint tasks, TIL, CIL or DIL.
 
 Docs: https://clarena-dev.github.io/clarena/split.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://clarena-dev.github.io/clarena/split.html.md"""
 # %% ../../nbs/01b_split.ipynb #48335cd1
 from __future__ import annotations
 import torch
-from ..core import ConfigError
+from ..core import ConfigError, check_choice
 from .base import CLDataModule, TaskView, normalizer
 
 # %% auto #0
@@ -15,7 +15,8 @@ __all__ = ['SplitDataModule', 'SplitSequenceDataModule']
 
 # %% ../../nbs/01b_split.ipynb #6b40c923
 class SplitDataModule(CLDataModule):
-    "Tasks made of disjoint groups of `dataset`'s classes; labels per task (TIL) or global (CIL)."
+    "Tasks made of disjoint groups of `dataset`'s classes; labels per task (TIL, DIL) or global (CIL)."
+    scenarios = ("TIL", "CIL", "DIL")
     def __init__(self, dataset: str = "mnist", num_tasks: int = 5, classes_per_task: int = 2,
                  class_order: list | None = None, shuffle_classes: bool = False, **kwargs):
         from clarena.data.base import DATASETS
@@ -33,10 +34,10 @@ class SplitDataModule(CLDataModule):
         else:
             class_order = list(range(k))
         self.class_order = class_order
-        # label_map[c]: the head index of original class c (position in its task, or in the whole order)
+        # label_map[c]: the head index of original class c (position in its task: TIL, DIL; in the whole order: CIL)
         pos = torch.empty(k, dtype=torch.long)
         pos[torch.tensor(class_order)] = torch.arange(k)
-        self.label_map = pos % classes_per_task if self.scenario == "TIL" else pos
+        self.label_map = pos if self.scenario == "CIL" else pos % classes_per_task
 
     def task_classes(self, task_id: int) -> list[int]:
         k = self.classes_per_task
@@ -50,13 +51,18 @@ class SplitDataModule(CLDataModule):
 
 # %% ../../nbs/01b_split.ipynb #0171004c
 class SplitSequenceDataModule(CLDataModule):
-    "Split benchmarks of several datasets one after another (TIL); `parts`: dicts of dataset, classes_per_task, num_tasks."
-    scenarios = ("TIL",)
+    "Split benchmarks of several datasets one after another (TIL or DIL); `parts`: dicts of dataset, classes_per_task, num_tasks."
+    scenarios = ("TIL", "DIL")
 
     def __init__(self, parts: list, **kwargs):
         if not parts: raise ConfigError("SplitSequenceDataModule needs at least one part")
-        self.parts = [SplitDataModule(**dict(p), scenario="TIL", **{k: v for k, v in kwargs.items() if k not in ("num_tasks", "scenario")})
+        scenario = kwargs.get("scenario", "TIL")
+        check_choice("scenario for SplitSequenceDataModule", scenario, self.scenarios)
+        self.parts = [SplitDataModule(**dict(p), scenario=scenario, **{k: v for k, v in kwargs.items() if k not in ("num_tasks", "scenario")})
                       for p in parts]
+        if scenario == "DIL" and len({p.classes_per_task for p in self.parts}) > 1:
+            raise ConfigError(f"SplitSequenceDataModule in DIL shares one head across tasks, so every part needs the same classes_per_task, "
+                              f"got {[p.classes_per_task for p in self.parts]}")
         kwargs.pop("num_tasks", None)
         super().__init__(dataset=self.parts[0].dataset, num_tasks=sum(p.num_tasks for p in self.parts), **kwargs)
         self.starts = [sum(p.num_tasks for p in self.parts[:i]) for i in range(len(self.parts))]

@@ -1,4 +1,4 @@
-"""The output layers: one per task (TIL) or one that grows with every task's classes (CIL).
+"""The output layers: one per task (TIL), one that grows with every task's classes (CIL), or one shared by every task (DIL).
 
 Docs: https://clarena-dev.github.io/clarena/heads.html.md"""
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
+from ..core import ConfigError
 
 # %% auto #0
-__all__ = ['seeded_linear', 'HeadTIL', 'HeadCIL']
+__all__ = ['seeded_linear', 'HeadTIL', 'HeadCIL', 'HeadDIL']
 
 # %% ../../nbs/03_heads.ipynb #d2c3c2e9
 def seeded_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
@@ -57,3 +58,27 @@ class HeadCIL(nn.Module):
 
     def forward(self, h: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
         return F.linear(h, self.weight, self.bias)
+
+# %% ../../nbs/03_heads.ipynb #af44eee5
+class HeadDIL(nn.Module):
+    "One linear head shared by every task, created with the first task; every task must have its number of classes."
+    scenario = "DIL"
+    def __init__(self, input_dim: int, init_seed: int = 0):
+        super().__init__()
+        self.input_dim, self.init_seed, self.num_tasks = input_dim, init_seed, 0
+        self.linear: nn.Linear | None = None
+
+    @property
+    def num_classes(self) -> int | None: return None if self.linear is None else self.linear.out_features
+
+    def new_task(self, task_id: int, num_classes: int):
+        if task_id != self.num_tasks: raise ValueError(f"tasks must arrive in order: expected task {self.num_tasks}, got {task_id}")
+        if self.linear is None: self.linear = seeded_linear(self.input_dim, num_classes, self.init_seed)
+        elif num_classes != self.num_classes:
+            raise ConfigError(f"a DIL head is shared by every task: task {task_id} has {num_classes} classes, "
+                              f"the head {self.num_classes} (every task of a DIL benchmark needs the same number of classes)")
+        self.num_tasks += 1
+
+    def forward(self, h: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        if self.linear is None: raise RuntimeError("HeadDIL has no output layer before its first task (call new_task)")
+        return self.linear(h)
