@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,11 +21,13 @@ from .core import ConfigError, check_positive_int
 from . import metrics as M
 from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore
 from .data.base import ChunkedBatches
+from .algorithms.base import TaskData
+from .algorithms.fastpath import configure_speed
 
 # %% auto #0
-__all__ = ['AUTO_STEPS_PER_CALL', 'code_commit', 'make', 'build', 'configure_speed', 'run_dir_for', 'quiet_lightning',
-           'make_trainer', 'test_tasks', 'fit_task', 'task_seed', 'run_experiment', 'plot_label', 'write_results',
-           'show_figure', 'show_run', 'load_metrics']
+__all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_data',
+           'fit_task', 'task_seed', 'run_experiment', 'plot_label', 'write_results', 'show_figure', 'show_run',
+           'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -57,6 +60,12 @@ def build(cfg: DictConfig):
     if head.scenario != dm.scenario:
         raise ConfigError(f"{type(dm).__name__} in scenario {dm.scenario} needs a {dm.scenario} head "
                           f"(model/head={dm.scenario.lower()}), got a {head.scenario} head ({type(head).__name__})")
+    if dm.scenario == "DIL" and len({dm.num_new_classes(t) for t in range(dm.num_tasks)}) > 1:
+        raise ConfigError(f"{type(dm).__name__} in DIL: every task needs the same number of classes (one shared head), "
+                          f"got {[dm.num_new_classes(t) for t in range(dm.num_tasks)]}")
+    if dm.scenario != "TIL" and getattr(backbone, "bns", None) is not None and isinstance(backbone.bns[0], nn.ModuleList):
+        raise ConfigError(f"model.backbone.batch_norm=per_task picks its statistics by task id, which only TIL gives at test; "
+                          f"this run is {dm.scenario}: use model.backbone.batch_norm=none")
     sched = cfg.model.get("scheduler")
     algo = make(cfg.model.algorithm, "model.algorithm", backbone=backbone, head=head,
                 optimizer=make(cfg.model.optimizer, "model.optimizer"), scheduler=make(sched, "model.scheduler") if sched else None)
@@ -64,40 +73,6 @@ def build(cfg: DictConfig):
         raise ConfigError(f"{type(algo).__name__} is defined for scenarios {', '.join(algo.supports)}, not {dm.scenario}")
     configure_speed(cfg, dm, algo)
     return dm, algo
-
-AUTO_STEPS_PER_CALL = 32  # what speed.steps_per_call=auto takes where chunks can run
-
-def _speed_blockers(tr, dm) -> list:
-    "Why several steps per Lightning step cannot run with this trainer and data (empty: they can)."
-    out = []
-    if dm.loader != "device": out.append(f"needs data.loader=device (batches gathered by index on the device), got data.loader={dm.loader!r}")
-    if "ddp" in str(tr.get("strategy", "auto")) or (isinstance(tr.get("devices"), int) and tr.devices > 1):
-        out.append(f"runs in one process; trainer.strategy={tr.get('strategy')} trainer.devices={tr.get('devices')} asks for several: "
-                   f"use speed.steps_per_call=1 speed.capture=false with DDP")
-    if str(tr.get("precision")) in ("16-mixed", "16"):
-        out.append(f"with trainer.precision={tr.precision}: float16 needs a loss scaler; use bf16-mixed or 32-true")
-    if (tr.get("accumulate_grad_batches") or 1) != 1 or tr.get("gradient_clip_val"):
-        out.append(f"runs each step itself: trainer.accumulate_grad_batches={tr.get('accumulate_grad_batches')} and "
-                   f"trainer.gradient_clip_val={tr.get('gradient_clip_val')} must be 1 and null")
-    return out
-
-def configure_speed(cfg: DictConfig, dm, algo):
-    "Set the algorithm's fast path from `cfg.speed`; refuse combinations it cannot run, naming the setting to change."
-    speed = dict(cfg.get("speed") or {})
-    unknown = set(speed) - {"steps_per_call", "capture", "capture_warmup"}
-    if unknown: raise ConfigError(f"unknown speed option(s) {sorted(unknown)}; valid: 'steps_per_call', 'capture', 'capture_warmup'")
-    tr, blockers = cfg.trainer, _speed_blockers(cfg.trainer, dm)
-    auto = speed.get("steps_per_call") == "auto"
-    if auto:  # chunks wherever they can run; one step per Lightning step in the debug modes
-        debug = tr.get("fast_dev_run") or tr.get("overfit_batches")
-        speed["steps_per_call"] = 1 if blockers or debug else AUTO_STEPS_PER_CALL
-    algo.configure_speed(**speed)
-    algo.speed_auto = auto  # fit_task falls back to one step per Lightning step if the trainer turns out to run several processes
-    if algo.automatic_optimization: return
-    what = "speed.capture=true" if algo.capture else f"speed.steps_per_call={algo.steps_per_call}"
-    if algo.capture and not (tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())):
-        raise ConfigError(f"speed.capture=true needs a CUDA GPU (trainer=gpu); this run's trainer.accelerator is {tr.accelerator!r}")
-    if blockers: raise ConfigError(f"{what} {blockers[0]}")
 
 # %% ../nbs/07_loop.ipynb #c9d1b5b2
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -141,8 +116,12 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "
 # %% ../nbs/07_loop.ipynb #8401523b
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
+def task_data(algo, dm) -> TaskData:
+    "The current task's training data as the algorithm's task hooks receive it."
+    return TaskData(dm.task_id, dm.train_view, algo.device, dm.num_new_classes(dm.task_id))
+
 def fit_task(trainer: L.Trainer, algo, dm):
-    "`Trainer.fit` on the current task; its training batches in chunks when the algorithm runs several steps per Lightning step."
+    "Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`."
     train = dm.train_dataloader()
     if trainer.world_size > 1 and not algo.automatic_optimization:  # e.g. trainer.devices=auto on a machine with several GPUs
         if getattr(algo, "speed_auto", False) and not algo.capture: algo.configure_speed(1, False, algo.capture_warmup)
@@ -151,7 +130,10 @@ def fit_task(trainer: L.Trainer, algo, dm):
     if not algo.automatic_optimization:
         limit = trainer.limit_train_batches  # an int counts training steps, with or without chunks
         train = ChunkedBatches(train, algo.steps_per_call, limit if isinstance(limit, int) else None)
+    data = task_data(algo, dm)
+    algo.start_task(data)
     trainer.fit(algo, train, dm.val_dataloader())
+    algo.finish_task(data)
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
@@ -203,7 +185,6 @@ def run_experiment(cfg: DictConfig) -> dict:
             progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
         t0 = time.perf_counter()
         fit_task(trainer, algo, dm)
-        algo.on_task_end(t)
         progress["task_wall_s"].append(time.perf_counter() - t0)
         res = test_tasks(trainer, algo, dm, list(range(t + 1)))
         progress["acc_matrix"].append([res[j][0] for j in range(t + 1)])

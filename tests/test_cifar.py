@@ -10,7 +10,7 @@ import torch
 from clarena.core import DataError
 from clarena.data.base import load_source
 from clarena.data.split import SplitDataModule
-from clarena.loop import build, make_trainer, run_experiment, fit_task
+from clarena.loop import build, make_trainer, run_experiment, fit_task, task_data
 from clarena.train import compose_config
 
 
@@ -102,11 +102,11 @@ def test_hat_invariants_on_the_cnn(cifar_root, tmp_path, bn):
     for t in range(2):
         trainer = make_trainer(cfg, tmp_path, t)
         dm.setup_task(t); algo.setup_task(t, dm.num_new_classes(t))
+        algo.start_task(task_data(algo, dm))
         if t == 1:
             before = {k: v.clone() for k, v in algo.state_dict().items()}
             factors = [(wf.clone(), bf.clone()) for wf, bf in algo._factors]
         fit_task(trainer, algo, dm)
-        algo.on_task_end(t)
     after = algo.state_dict()
     names = [f"backbone.convs.{i}" for i in range(3)] + [f"backbone.fcs.{i}" for i in range(2)]
     protected = moved = 0

@@ -7,7 +7,7 @@ import torch
 
 from clarena.algorithms.hat import anneal_s
 from clarena.core import ConfigError
-from clarena.loop import build, fit_task, make_trainer, run_experiment
+from clarena.loop import build, fit_task, make_trainer, run_experiment, task_data
 from clarena.train import compose_config
 
 from conftest import FASHION_DIR
@@ -30,8 +30,7 @@ def train_task(cfg, dm, algo, t, callbacks=()):
     trainer.callbacks.extend(callbacks)
     dm.setup_task(t)
     algo.setup_task(t, dm.num_new_classes(t))
-    fit_task(trainer, algo, dm)
-    algo.on_task_end(t)
+    fit_task(trainer, algo, dm)  # on_task_start, fit, on_task_end
     return trainer
 
 
@@ -46,11 +45,10 @@ def test_protected_weights_unchanged_bit_for_bit(tmp_path, no_data_root):
     algo.train()
     before = {k: v.clone() for k, v in algo.state_dict().items()}
     # task 1: the factors come from the cumulative mask of task 0
-    dm.setup_task(1); algo.setup_task(1, 10)
+    dm.setup_task(1); algo.setup_task(1, 10); algo.start_task(task_data(algo, dm))
     factors = [(wf.clone(), bf.clone()) for wf, bf in algo._factors]
     trainer = make_trainer(cfg, Path(cfg.paths.output_dir), 1)
     fit_task(trainer, algo, dm)
-    algo.on_task_end(1)
     after = algo.state_dict()
     protected = moved = 0
     for l, (wf, bf) in enumerate(factors):
@@ -89,13 +87,13 @@ def test_s_anneals_every_epoch_and_cum_mask_grows(tmp_path, no_data_root):
 
 def test_no_capacity_left_is_finite_and_warned(tmp_path, no_data_root):
     dm, algo = build(hat_cfg(tmp_path, no_data_root))
-    algo.setup_task(0, 10); algo.on_task_end(0)
+    algo.setup_task(0, 10); algo.on_task_end(0, None)
     for c in algo.cum_masks: c.fill_(1.0)
     with pytest.warns(UserWarning, match=r"HAT task 1: little free capacity left, free fraction per layer \[0.0, 0.0\]"):
-        algo.setup_task(1, 10)
+        algo.setup_task(1, 10); algo.on_task_start(1, None)
     algo.train()
     algo(torch.randn(4, 1, 28, 28), 1)
-    reg = algo.extra_loss()
+    reg = algo.extra_loss(None, None, None)["capacity_reg"]
     assert torch.isfinite(reg) and float(reg) == 0.0
 
 
@@ -141,7 +139,7 @@ def test_binary_test_masks_option(tmp_path, no_data_root):
 def test_per_task_tensors_follow_the_module_to_its_device(tmp_path, no_data_root):
     "Lightning moves the module to the CPU after every fit and test and back before the next: HAT's per-task tensors must move with it."
     dm, algo = build(hat_cfg(tmp_path, no_data_root))
-    dm.setup_task(0); algo.setup_task(0, 10)
+    dm.setup_task(0); algo.setup_task(0, 10); algo.on_task_start(0, None)
     algo.to("meta")  # any device other than the one on_task_start saw
     moved = [t for wf, bf in algo._factors for t in (wf, bf)] + algo.cum_masks + list(algo.embeddings[0])
     assert len(moved) == 8 and all(t.device.type == "meta" for t in moved)

@@ -1,4 +1,4 @@
-"""The base LightningModule every algorithm subclasses: it owns the backbone, the head, the task bookkeeping, the optimizer and the test metrics; an algorithm overrides a few named hooks.
+"""The base LightningModule every algorithm subclasses: it owns the backbone, the head, the task bookkeeping, the optimizer and the test metrics; an algorithm overrides a few named hooks, which hand it the batch, the task's data and a place for its state.
 
 Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
@@ -6,21 +6,57 @@ Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
 # %% ../../nbs/05_algorithm.ipynb #a8fe0483
 from __future__ import annotations
-from typing import Callable
+import logging
+from typing import Callable, Iterator
 import torch
 from torch import nn
 import torch.nn.functional as F
 import lightning as L
-from ..core import ConfigError, TrainingError, check_positive_int
-from ..data.base import IndexChunk
+from ..core import ConfigError, TrainingError
+from ..data.base import TaskView, IndexChunk
+from .fastpath import FastPath
+
+log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['CLAlgorithm']
+__all__ = ['log', 'check_number', 'TaskData', 'CLAlgorithm']
+
+# %% ../../nbs/05_algorithm.ipynb #0b1c2d3e
+def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True) -> float:
+    "Raise `ConfigError` unless `value` is a real number `>= minimum` (`> minimum` if not `inclusive`); return it as a float."
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (value < minimum if inclusive else value <= minimum):
+        raise ConfigError(f"{what} must be a number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
+    return float(value)
+
+# %% ../../nbs/05_algorithm.ipynb #1d2e3f40
+class TaskData:
+    "Task `task_id`'s training set, as the hooks at a task boundary receive it: prepared `(x, y)` batches on `device`."
+    def __init__(self, task_id: int, view: TaskView, device, num_classes: int | None = None):
+        self.task_id, self.view, self.device, self.num_classes = task_id, view, torch.device(device), num_classes
+
+    def __len__(self) -> int: return len(self.view)
+
+    def batches(self, batch_size: int = 256, shuffle: bool = False, seed: int = 0, limit: int | None = None) -> Iterator[tuple]:
+        "The task's samples (the first `limit` of them, if given) in batches of `batch_size`, shuffled with `seed` if `shuffle`."
+        n = len(self) if limit is None else min(len(self), limit)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n] if shuffle else torch.arange(n)
+        order = order.to(self.view.y.device)
+        for b in range(0, n, batch_size):
+            x, y = self.view.batch(order[b:b + batch_size])
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple:
+        "`n` samples drawn uniformly with replacement (`generator` on the data's device, or the global RNG)."
+        idx = torch.randint(len(self), (n,), device=self.view.y.device, generator=generator)
+        x, y = self.view.batch(idx)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 # %% ../../nbs/05_algorithm.ipynb #4bac2217
 class CLAlgorithm(L.LightningModule):
-    "Base continual-learning algorithm: backbone + head + task bookkeeping + shared metrics."
-    supports = ("TIL", "CIL")  # scenarios the algorithm is defined for
+    "Base continual-learning algorithm: backbone + head + task bookkeeping + shared metrics; subclasses override the hooks."
+    supports: tuple = ("TIL", "CIL", "DIL")  # scenarios the algorithm is defined for
+    chunkable: bool = True   # its training steps may run several per Lightning step
+    capturable: bool = True  # its training step may be replayed from a CUDA graph
 
     def __init__(self, backbone: nn.Module, head: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_monitor: str = "val/loss"):
@@ -31,53 +67,111 @@ class CLAlgorithm(L.LightningModule):
         self.head_classes: list[int] = []  # head outputs each task added
         self.test_task_ids: list[int] = []
         self.test_results: dict[int, tuple[float, float]] = {}
+        self._step_io = None
         self.configure_speed()
 
-    # ---- the hooks algorithms override ----
-    def on_task_start(self, task_id: int): pass
-    def on_task_end(self, task_id: int): pass
-    def extra_loss(self) -> torch.Tensor | float: return 0.0
-    def before_step(self, batch_idx: int, num_batches: int): pass
-    def adjust_gradients(self): pass
-    def after_step(self): pass
+    # ---- per task ----
+    def add_task_parameters(self, task_id: int): pass
+    def on_task_start(self, task_id: int, data: TaskData): pass
+    def on_task_end(self, task_id: int, data: TaskData): pass
     def check_optimizer(self, optimizer: torch.optim.Optimizer): pass
     def task_report(self, task_id: int) -> dict: return {}
     def figures(self, metrics: dict) -> dict: return {}
+    # ---- per training step ----
+    def before_step(self, batch_idx: int, num_batches: int): pass
+    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple: return x, y
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: return F.cross_entropy(logits, y)
+    def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | float | dict: return 0.0
+    def adjust_gradients(self): pass
+    def after_step(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor): pass
+    # ---- state beyond parameters ----
+    def state(self) -> dict: return {}
+    def load_state(self, state: dict): pass
 
     # ---- task bookkeeping ----
     def setup_task(self, task_id: int, num_classes: int):
-        "Start task `task_id`: give the head its `num_classes` new outputs, then call `on_task_start`."
+        "Make `task_id` the current task: give the head its `num_classes` new outputs and the task its parameters."
         self.task_id = task_id
         if task_id == len(self.head_classes):
             self.head.new_task(task_id, num_classes)
             self.head.to(self.device)
             self.head_classes.append(num_classes)
-        self.on_task_start(task_id)
+            self.add_task_parameters(task_id)
+
+    def start_task(self, data: TaskData):
+        "Call `on_task_start` in train mode."
+        self.train()
+        self.on_task_start(data.task_id, data)
+
+    def finish_task(self, data: TaskData):
+        "Call `on_task_end` in eval mode with gradients off, then return to train mode."
+        self.eval()
+        try:
+            with torch.no_grad(): self.on_task_end(data.task_id, data)
+        finally: self.train()
 
     def forward(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
         return self.head(self.backbone(x, task_id=task_id), task_id)
 
-    # ---- training ----
+    # ---- one training step ----
+    def loss_parts(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict:
+        "`{'task_loss': task_loss(logits, y), ...extra_loss's parts}`; the step's loss is their sum."
+        parts = {"task_loss": self.task_loss(logits, y)}
+        extra = self.extra_loss(x, y, logits)
+        if isinstance(extra, dict): parts.update(extra)
+        elif torch.is_tensor(extra) or extra != 0: parts["extra_loss"] = extra
+        return parts
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        "The training batch's forward pass and loss: `(x, y, logits, parts)` after `training_batch`."
+        x, y = self.training_batch(x, y)
+        logits = self(x, self.task_id)
+        return x, y, logits, self.loss_parts(x, y, logits)
+
+    def optimizer_step_on(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> dict:
+        "One whole training step by hand, in the order Lightning's automatic optimisation runs it (the fast path's unit); returns the loss parts and `loss`."
+        opt.zero_grad(set_to_none=True)
+        x, y, logits, parts = self.step_loss(x, y)
+        total = sum(parts.values())
+        total.backward()
+        self.adjust_gradients()
+        opt.step()
+        self.after_step(x, y, logits.detach())
+        return {"loss": total, **parts}
+
+    # ---- Lightning's training step ----
+    def training_step(self, batch, batch_idx):
+        if isinstance(batch, IndexChunk): return self.fast.train_chunk(self, batch)
+        if not self.automatic_optimization:
+            raise ConfigError(f"{type(self).__name__} is set to run {self.steps_per_call} steps per Lightning step (speed.steps_per_call): "
+                              f"fit it on ChunkedBatches (clarena.loop.fit_task does), or call configure_speed() for one step per batch")
+        x, y, logits, parts = self.step_loss(*batch)
+        total = sum(parts.values())
+        self._step_io = (x, y, logits.detach())
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
+            logged = self.loss_log(total, parts)
+            self.log("train/loss", logged.pop("train/loss"), prog_bar=True, batch_size=len(y))
+            if logged: self.log_dict(logged, batch_size=len(y))
+        self.check_finite(total, batch_idx)
+        return total
+
     def on_train_batch_start(self, batch, batch_idx):
         if self.automatic_optimization: self.before_step(batch_idx, self.trainer.num_training_batches)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.automatic_optimization: self.after_step()
+        if self.automatic_optimization and self._step_io is not None:
+            self.after_step(*self._step_io)
+            self._step_io = None
 
-    def training_step(self, batch, batch_idx):
-        if isinstance(batch, IndexChunk): return self._train_chunk(batch, batch_idx)
-        if not self.automatic_optimization:
-            raise ConfigError(f"{type(self).__name__} is set to run {self.steps_per_call} steps per Lightning step (speed.steps_per_call): "
-                              f"fit it on ChunkedBatches (clarena.loop.fit_task does), or call configure_speed() for one step per batch")
-        x, y = batch
-        loss = F.cross_entropy(self(x, self.task_id), y)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        total = loss + self.extra_loss()
-        self._check_finite(total, batch_idx)
-        return total
+    def on_after_backward(self):
+        if self.automatic_optimization: self.adjust_gradients()
 
-    def _check_finite(self, total: torch.Tensor, batch_idx: int, every: int | None = None):
+    @staticmethod
+    def loss_log(total, parts: dict) -> dict:
+        "What goes to the loggers for a step: `train/loss` (the total) and `train/<part>` for each part."
+        return {"train/loss": total, **{f"train/{k}": v for k, v in parts.items() if len(parts) > 1}}
+
+    def check_finite(self, total: torch.Tensor, batch_idx: int, every: int | None = None):
         "Stop on a non-finite loss, naming the task and step. On an accelerator only every `log_every_n_steps` (a check syncs the host)."
         every = every or (1 if total.device.type == "cpu" else self.trainer.log_every_n_steps)
         if self.global_step % every == 0 and not bool(torch.isfinite(total)):
@@ -91,79 +185,30 @@ class CLAlgorithm(L.LightningModule):
         if isinstance(batch, (tuple, list)) and all(torch.is_tensor(b) and b.device == device for b in batch): return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def on_after_backward(self): self.adjust_gradients()
-
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
         self.check_optimizer(opt)
-        if self.capture and any(not g.get("capturable", True) for g in opt.param_groups):
-            raise ConfigError(f"speed.capture=true with {type(opt).__name__}(capturable=False): its step reads a host-side counter "
-                              f"that a CUDA graph cannot replay; set model.optimizer.capturable=true, or use SGD")
+        self.fast.check_optimizer(opt)
         if self.scheduler_factory is None: return opt
         return dict(optimizer=opt, lr_scheduler=dict(scheduler=self.scheduler_factory(opt), monitor=self.scheduler_monitor))
 
-    # ---- the fast path: several steps per Lightning step, optionally replayed from a CUDA graph ----
     def configure_speed(self, steps_per_call: int = 1, capture: bool = False, capture_warmup: int = 2):
-        "Let one Lightning step drive `steps_per_call` training steps; with `capture`, replay each step from a CUDA graph."
-        self.steps_per_call = check_positive_int("speed.steps_per_call", steps_per_call)
-        self.capture_warmup = check_positive_int("speed.capture_warmup", capture_warmup)
-        self.capture = bool(capture)
-        self.automatic_optimization = steps_per_call == 1 and not capture
-        self._graph = None
+        "Let one Lightning step drive `steps_per_call` training steps; with `capture`, replay each step from a CUDA graph (see the fast path)."
+        self.fast = FastPath(steps_per_call, capture, capture_warmup)
+        self.automatic_optimization = self.fast.one_step
 
-    def _step_body(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer):
-        "One training step, in the order Lightning's automatic optimisation runs it."
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self(x, self.task_id), y)
-        total = loss + self.extra_loss()
-        total.backward()
-        self.adjust_gradients()
-        opt.step()
-        self.after_step()
-        return loss, total
+    steps_per_call = property(lambda self: self.fast.steps_per_call)
+    capture = property(lambda self: self.fast.capture)
+    capture_warmup = property(lambda self: self.fast.capture_warmup)
 
-    def _count_step(self):
-        "Advance Lightning's step counter (`global_step`) by one optimizer step."
-        prog = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        prog.increment_ready(); prog.increment_completed()
-
-    def _train_chunk(self, chunk: IndexChunk, chunk_idx: int):
-        "Run the training steps of `chunk`, eagerly or by graph replay."
-        opt = self.optimizers(use_pl_optimizer=False)
-        num_batches, logged = min(chunk.num_batches, self.trainer.num_training_batches * self.steps_per_call), []
-        for j, idx in enumerate(chunk.indices):
-            self.before_step(chunk.first + j, num_batches)
-            if self.capture and len(idx) == chunk.batch_size:
-                loss, total = self._captured_step(chunk.view, idx, opt)
-            else:
-                loss, total = self._step_body(*chunk.view.batch(idx), opt)
-                if not self.capture: self._check_finite(total.detach(), chunk.first + j)
-            if (self.global_step + 1) % self.trainer.log_every_n_steps == 0: logged.append((self.global_step, loss.detach().clone(), total.detach().clone()))
-            self._count_step()
-        for step, loss, total in logged:  # the steps a one-step-per-Lightning-step run logs, at the same step numbers
-            if self.capture: self._check_finite(total, chunk.first, every=1)
-            for logger in self.loggers: logger.log_metrics({"train/loss": float(loss)}, step=step)
-        if logged: self.log("train/loss", logged[-1][1], prog_bar=True, logger=False, batch_size=len(chunk.indices[-1]))
-
-    def _captured_step(self, view, idx: torch.Tensor, opt):
-        "Replay the step's CUDA graph for batch `idx`; capture it first (after `capture_warmup` eager steps) for a new task, optimizer or learning rate."
-        key = (self.task_id, id(view), id(opt), len(idx), tuple(g["lr"] for g in opt.param_groups))
-        g = self._graph
-        if g is None or g["key"] != key:
-            if g is None or g.get("warm_key") != key: self._graph = g = dict(key=None, warm_key=key, warm=0)
-            if g["warm"] < self.capture_warmup:  # eager warm-up steps, the task's real first updates, on a side stream
-                g["warm"] += 1
-                side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side): out = self._step_body(*view.batch(idx), opt)
-                torch.cuda.current_stream().wait_stream(side)
-                return out
-            static_idx = idx.clone()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph): out = self._step_body(*view.batch(static_idx), opt)
-            self._graph = g = dict(key=key, graph=graph, idx=static_idx, out=out)
-        g["idx"].copy_(idx)
-        g["graph"].replay()
-        return g["out"]
+    @classmethod
+    def speed_limits(cls) -> list:
+        "Why this algorithm's steps cannot run several per Lightning step or from a CUDA graph: `[(what, why)]`, empty if they can."
+        out = []
+        if cls.training_step is not CLAlgorithm.training_step: out.append(("chunks", "it overrides training_step"))
+        elif not cls.chunkable: out.append(("chunks", "it declares chunkable = False"))
+        if not cls.capturable: out.append(("capture", "it declares capturable = False"))
+        return out
 
     # ---- validation (current task) and test (every task seen) ----
     def _score(self, batch, task_id):
@@ -200,6 +245,13 @@ class CLAlgorithm(L.LightningModule):
         "What a checkpoint needs beyond the weights to rebuild the model: plain types only."
         return dict(algorithm=type(self).__name__, task_id=self.task_id, head_classes=list(self.head_classes))
 
+    def __init_subclass__(cls, **kwargs):
+        "An algorithm that keeps state of its own (overrides `state`) saves it in its state dict, under `_extra_state`."
+        super().__init_subclass__(**kwargs)
+        if cls.state is not CLAlgorithm.state:
+            cls.get_extra_state = lambda self: {"state": self.state()}
+            cls.set_extra_state = lambda self, extra: self.load_state(extra["state"])
+
     def restore_tasks(self, head_classes: list[int]):
-        "Recreate the heads of tasks already trained, so a saved state dict fits."
+        "Recreate the heads and task parameters of tasks already trained, so a saved state dict fits."
         for t, n in enumerate(head_classes): self.setup_task(t, n)

@@ -12,7 +12,7 @@ from torch import nn
 from matplotlib.figure import Figure
 
 from ..core import ConfigError
-from .base import CLAlgorithm
+from .base import CLAlgorithm, check_number
 
 log = logging.getLogger("clarena")
 
@@ -73,11 +73,14 @@ class HAT(CLAlgorithm):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
         if not hasattr(backbone, "gated_layers"):
             raise ConfigError(f"HAT needs a backbone with gated layers (mask_sizes, gated_layers()); {type(backbone).__name__} has none")
+        for what, v, inclusive in (("s_max", s_max, False), ("capacity_reg", capacity_reg, True), ("clamp", clamp, False),
+                                   ("grad_clip_norm", grad_clip_norm, False)):
+            check_number(f"HAT's {what}", v, 0.0, inclusive)
         self.s_max, self.capacity_reg, self.clamp, self.grad_clip_norm = s_max, capacity_reg, clamp, grad_clip_norm
         self.binary_test_masks, self.capacity_warn, self.init_seed = binary_test_masks, capacity_warn, init_seed
         self.embeddings = nn.ModuleList()  # embeddings[t][l]: e_l^t
         for l, n in enumerate(backbone.mask_sizes): self.register_buffer(f"cum_mask_{l}", torch.zeros(n))
-        self.s, self._masks, self._trained = s_max, None, (None, [])
+        self.s, self._trained = s_max, (None, [])
 
     @property
     def cum_masks(self) -> list: return [getattr(self, f"cum_mask_{l}") for l in range(len(self.backbone.mask_sizes))]
@@ -100,10 +103,11 @@ class HAT(CLAlgorithm):
             warnings.warn(f"HAT is defined for plain SGD (the paper's); got {type(optimizer).__name__} "
                           f"with momentum={optimizer.param_groups[0].get('momentum', 0)}: results will not match the paper")
 
-    def on_task_start(self, task_id: int):
-        if task_id == len(self.embeddings):
-            g = torch.Generator().manual_seed(self.init_seed * 1000 + task_id)
-            self.embeddings.append(nn.ParameterList(nn.Parameter(torch.randn(n, generator=g).to(self.device)) for n in self.backbone.mask_sizes))
+    def add_task_parameters(self, task_id: int):
+        g = torch.Generator().manual_seed(self.init_seed * 1000 + task_id)
+        self.embeddings.append(nn.ParameterList(nn.Parameter(torch.randn(n, generator=g).to(self.device)) for n in self.backbone.mask_sizes))
+
+    def on_task_start(self, task_id: int, data):
         for l, (wf, bf) in enumerate(grad_factors(self.cum_masks, self.backbone.gated_layers())):  # buffers: they follow the module to its device
             self.register_buffer(f"grad_factor_w{l}", wf, persistent=False)
             self.register_buffer(f"grad_factor_b{l}", bf, persistent=False)
@@ -125,12 +129,12 @@ class HAT(CLAlgorithm):
 
     def forward(self, x, task_id):
         masks = self.masks(task_id, self.s if self.training else self.s_max)
-        if self.training: self._masks = masks
         return self.head(self.backbone(x, masks, task_id=task_id), task_id)
 
-    def extra_loss(self):
-        free = [getattr(self, f"free_{l}") for l in range(len(self._masks))]
-        return self.capacity_reg * capacity_regularizer(self._masks, free=(free, self.free_total))
+    def extra_loss(self, x, y, logits):
+        masks = self.masks(self.task_id, self.s)  # this step's gates (cheap: a sigmoid per layer)
+        free = [getattr(self, f"free_{l}") for l in range(len(masks))]
+        return {"capacity_reg": self.capacity_reg * capacity_regularizer(masks, free=(free, self.free_total))}
 
     def adjust_gradients(self):
         for (module, _), (wf, bf) in zip(self.backbone.gated_layers(), self._factors):
@@ -142,14 +146,13 @@ class HAT(CLAlgorithm):
             self._trained = (self.task_id, [p for p in self.parameters() if p.grad is not None])
         clip_grad_norm(self._trained[1], self.grad_clip_norm)
 
-    def after_step(self):
+    def after_step(self, x, y, logits):
         with torch.no_grad():
             for e in self.embeddings[self.task_id]: e.clamp_(-self.clamp, self.clamp)
 
-    def on_task_end(self, task_id: int):
-        with torch.no_grad():
-            for p, a in zip(self.cum_masks, self.masks(task_id, self.s_max)): p.copy_(torch.maximum(p, a))
-        self._masks = None
+    def on_task_end(self, task_id: int, data):
+        with torch.no_grad():  # eq. 4 with the training gates at s_max, whatever binary_test_masks does at test time
+            for p, e in zip(self.cum_masks, self.embeddings[task_id]): p.copy_(torch.maximum(p, torch.sigmoid(self.s_max * e)))
 
     # ---- what HAT shows ----
     def task_report(self, task_id: int) -> dict:
