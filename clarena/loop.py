@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 
 # %% ../nbs/07_loop.ipynb #32323f17
 from __future__ import annotations
-import copy, datetime, io, json, logging, resource, subprocess, time, warnings
+import copy, io, json, logging, os, resource, subprocess, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +17,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import clarena
-from .core import ConfigError, check_positive_int
+from .core import ConfigError, check_choice, check_positive_int
 from . import metrics as M
-from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore
+from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data
 from .data.base import ChunkedBatches
 from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
+from .algorithms.references import REFERENCES
 
 # %% auto #0
 __all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_data',
-           'fit_task', 'task_seed', 'run_experiment', 'plot_label', 'write_results', 'show_figure', 'show_run',
-           'load_metrics']
+           'fit_task', 'task_seed', 'load_reference_runs', 'run_experiment', 'plot_label', 'write_results',
+           'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -67,8 +68,17 @@ def build(cfg: DictConfig):
         raise ConfigError(f"model.backbone.batch_norm=per_task picks its statistics by task id, which only TIL gives at test; "
                           f"this run is {dm.scenario}: use model.backbone.batch_norm=none")
     sched = cfg.model.get("scheduler")
-    algo = make(cfg.model.algorithm, "model.algorithm", backbone=backbone, head=head,
-                optimizer=make(cfg.model.optimizer, "model.optimizer"), scheduler=make(sched, "model.scheduler") if sched else None)
+    parts = dict(backbone=backbone, head=head, optimizer=make(cfg.model.optimizer, "model.optimizer"),
+                 scheduler=make(sched, "model.scheduler") if sched else None)
+    ref = cfg.get("reference")
+    if ref:  # a reference run replaces the algorithm and keeps everything else
+        check_choice("reference", ref, REFERENCES)
+        options = sorted(k for k in cfg.model.algorithm if k != "_target_")
+        if options:
+            raise ConfigError(f"reference={ref} replaces the algorithm, and model.algorithm ({cfg.model.algorithm._target_}) has options "
+                              f"{options} it would drop: use model/algorithm=finetuning with reference={ref}")
+        algo = REFERENCES[ref](**parts)
+    else: algo = make(cfg.model.algorithm, "model.algorithm", **parts)
     if dm.scenario not in algo.supports:
         raise ConfigError(f"{type(algo).__name__} is defined for scenarios {', '.join(algo.supports)}, not {dm.scenario}")
     configure_speed(cfg, dm, algo)
@@ -80,7 +90,9 @@ def run_dir_for(cfg: DictConfig) -> Path:
     from hydra.core.hydra_config import HydraConfig
     if cfg.paths.get("output_dir"): d = Path(cfg.paths.output_dir)
     elif HydraConfig.initialized(): d = Path(HydraConfig.get().runtime.output_dir)
-    else: d = Path(cfg.paths.log_dir) / cfg.experiment_name / "runs" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    else: d = new_run_dir(cfg.paths.log_dir, cfg.experiment_name)
+    if cfg.get("overwrite") is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: process 0 claims it for all
+        claim_run_dir(d, bool(cfg.overwrite))  # never into another run's results (unless overwrite=true deletes them)
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".write_probe"; probe.write_bytes(b""); probe.unlink()
@@ -94,9 +106,9 @@ def quiet_lightning(level=logging.WARNING):
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"): logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
-def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int) -> L.Trainer:
-    "The Lightning `Trainer` for task `task_id`."
-    loggers = [instantiate(c, save_dir=str(run_dir), version=f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c]
+def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int, log: bool = True) -> L.Trainer:
+    "The Lightning `Trainer` for task `task_id` (`log=False`: no loggers, so task `task_id`'s logs stay as they are)."
+    loggers = [instantiate(c, save_dir=str(run_dir), version=f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c and log]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     return L.Trainer(**kw, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
@@ -116,9 +128,11 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "
 # %% ../nbs/07_loop.ipynb #8401523b
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
-def task_data(algo, dm) -> TaskData:
-    "The current task's training data as the algorithm's task hooks receive it."
-    return TaskData(dm.task_id, dm.train_view, algo.device, dm.num_new_classes(dm.task_id))
+def task_data(algo, dm, task_id: int | None = None) -> TaskData:
+    "Task `task_id`'s (default: the current task's) training data as the algorithm's task hooks receive it; earlier tasks' on request."
+    t = dm.task_id if task_id is None else task_id
+    view = dm.train_view if t == dm.task_id else dm._view(t, "train")
+    return TaskData(t, view, algo.device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k) for k in range(t)])
 
 def fit_task(trainer: L.Trainer, algo, dm):
     "Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`."
@@ -127,9 +141,11 @@ def fit_task(trainer: L.Trainer, algo, dm):
         if getattr(algo, "speed_auto", False) and not algo.capture: algo.configure_speed(1, False, algo.capture_warmup)
         else: raise ConfigError(f"speed.steps_per_call={algo.steps_per_call} speed.capture={algo.capture} run in one process; this trainer "
                                 f"runs {trainer.world_size}: set trainer.devices=1, or speed.steps_per_call=1 speed.capture=false")
-    if not algo.automatic_optimization:
-        limit = trainer.limit_train_batches  # an int counts training steps, with or without chunks
-        train = ChunkedBatches(train, algo.steps_per_call, limit if isinstance(limit, int) else None)
+    if not algo.automatic_optimization:  # the limit counts training steps (batches), with or without chunks
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))  # Lightning's rounding
+        train = ChunkedBatches(train, algo.steps_per_call, limit)
+        trainer.limit_train_batches = 1.0  # every chunk: ChunkedBatches has applied the limit to batches already
     data = task_data(algo, dm)
     algo.start_task(data)
     trainer.fit(algo, train, dm.val_dataloader())
@@ -143,6 +159,7 @@ def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
     if not ckpts: raise ConfigError(f"nothing to resume in {run_dir}: it has no checkpoints/task_*.ckpt")
     if (run_dir / "metrics.json").exists(): raise ConfigError(f"{run_dir} holds a finished run (metrics.json); nothing to resume")
     ckpt = load_checkpoint(ckpts[-1])
+    check_same_data(ckpt.get("data"), dm.data_record(), f"cannot resume {run_dir}")
     restore(algo, dm, ckpt)
     done = ckpt["cl"]["task_id"] + 1
     for t in range(done):
@@ -151,10 +168,31 @@ def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
     print(f"[clarena] resuming {run_dir} after task {done - 1}", flush=True)
     return done, ckpt["progress"]
 
+def load_reference_runs(cfg: DictConfig, dm) -> dict:
+    "The accuracy matrices of the finished reference runs named in `reference_runs` (joint, random), checked to be of this benchmark."
+    out = {}
+    for name, d in (cfg.get("reference_runs") or {}).items():
+        if not d: continue
+        check_choice("reference_runs key", name, ("joint", "random"))
+        path = Path(d) / "metrics.json"
+        if not path.exists(): raise ConfigError(f"reference_runs.{name}={d} holds no finished run (no metrics.json)")
+        m = json.loads(path.read_text())
+        mine = dict(reference=name, num_tasks=dm.num_tasks, scenario=dm.scenario, data_source=dm.data_source)
+        theirs = dict(reference=m.get("reference"), num_tasks=m.get("num_tasks"), scenario=m.get("scenario"), data_source=m.get("data_source"))
+        if theirs != mine:
+            diff = {k: (theirs[k], mine[k]) for k in mine if theirs[k] != mine[k]}
+            raise ConfigError(f"reference_runs.{name}={d} is not a {name} reference of this benchmark: (it, this run) differ in {diff}")
+        out[name] = M.rows_to_matrix(m["acc_matrix"])
+    return out
+
 def run_experiment(cfg: DictConfig) -> dict:
     "Run the continual-learning experiment `cfg` end to end (or resume it); return the contents of its `metrics.json`."
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before build: the initial weights come from the seed
     dm, algo = build(cfg)
+    t_data = time.perf_counter()
+    dm.setup()  # load (and check) the data before the run directory is written, and before the clock starts
+    data_load_s = time.perf_counter() - t_data
+    data = dm.data_record()
     resume = cfg.get("resume")
     run_dir = run_dir_for(cfg) if not resume else Path(resume)
     quiet_lightning()
@@ -163,13 +201,13 @@ def run_experiment(cfg: DictConfig) -> dict:
     measure_fwt = cfg.get("measure_fwt", True)
     untrained = copy.deepcopy(algo) if measure_fwt else None
     if cfg.get("compile"): algo.backbone.compile()
-    progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[])
+    progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[], total_wall_s=0.0)
     first = 0
     if resume: first, progress = _resume_point(dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    t_data = time.perf_counter()
-    dm.setup()  # load the source before the clock starts: total_wall_s times the tasks, as the yardstick's wall time does
-    data_load_s = time.perf_counter() - t_data
+    # the wall time of the parts before a resume (up to their last checkpoint); checkpoints from before it was recorded: the tasks' own
+    before = progress.get("total_wall_s", sum(progress["task_wall_s"])) if resume else 0.0
+    references = load_reference_runs(cfg, dm)  # before training: a wrong reference is bad input
     start, trainer = time.perf_counter(), None
     for t in range(first, dm.num_tasks):
         L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
@@ -191,22 +229,25 @@ def run_experiment(cfg: DictConfig) -> dict:
         progress["loss_matrix"].append([res[j][1] for j in range(t + 1)])
         progress["algorithm_report"].append(algo.task_report(t))
         if trainer.is_global_zero:
-            save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress)
+            progress["total_wall_s"] = before + time.perf_counter() - start
+            save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress, data)
             atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
             print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
     if trainer is None:  # resumed after the last task: only the results are left to write
-        trainer = make_trainer(cfg, run_dir, dm.num_tasks - 1)
+        trainer = make_trainer(cfg, run_dir, dm.num_tasks - 1, log=False)  # task n-1's CSV log is finished: keep it
         dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
     out = M.summarize(progress["acc_matrix"], progress["loss_matrix"], progress["pre_acc"] if measure_fwt else None,
                       progress["untrained_acc"] if measure_fwt else None)
+    out.update(M.reference_metrics(M.rows_to_matrix(progress["acc_matrix"]), references.get("joint"), references.get("random")))
     if len(dm.val_view):  # the final model on every task's validation split: what a hyperparameter search may optimise
         val = test_tasks(trainer, algo, dm, list(range(dm.num_tasks)), split="val")
         out["final_val_acc"] = [val[t][0] for t in range(dm.num_tasks)]
         out["final_val_avg_acc"] = float(np.mean(out["final_val_acc"]))
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
-               total_wall_s=time.perf_counter() - start, data_load_s=data_load_s, resumed_at_task=first if resume else None,
+               total_wall_s=before + time.perf_counter() - start, data_load_s=data_load_s, resumed_at_task=first if resume else None,
+               wall_s_parts=[before, time.perf_counter() - start] if resume else None, data_fingerprint=data["fingerprint"],
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               experiment=cfg.experiment_name, algorithm=type(algo).__name__, scenario=dm.scenario, num_tasks=dm.num_tasks,
+               experiment=cfg.experiment_name, algorithm=type(algo).__name__, reference=cfg.get("reference"), scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
                algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['avg_acc', 'avg_loss', 'rows_to_matrix', 'matrix_to_rows', 'average_over_seen', 'bwt', 'fwt', 'forgetting_per_task',
-           'forgetting', 'summarize', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc']
+           'forgetting', 'intransigence', 'forgetting_ratio', 'reference_metrics', 'summarize', 'plot_acc_matrix',
+           'plot_avg_acc', 'plot_task_acc']
 
 # %% ../nbs/04_metrics.ipynb #ae546199
 def rows_to_matrix(rows: list) -> np.ndarray:
@@ -56,6 +57,30 @@ def forgetting(R: np.ndarray) -> float:
     "Average forgetting after the last task, $F_{T-1}$ (Chaudhry et al. 2018); NaN for one task."
     f = forgetting_per_task(R)
     return f[-1] if f else math.nan
+
+# %% ../nbs/04_metrics.ipynb #4e74659f
+def intransigence(R: np.ndarray, R_joint: np.ndarray) -> list:
+    "Intransigence $I_k = R^J_{k,k} - R_{k,k}$ (Chaudhry et al. 2018, eq. 7) for each task $k$."
+    return [float(R_joint[k, k] - R[k, k]) for k in range(len(R))]
+
+def forgetting_ratio(R: np.ndarray, R_joint: np.ndarray, R_random: np.ndarray) -> np.ndarray:
+    "The forgetting ratio $\\rho^{\\tau \\le t}$ (Serrà et al. 2018, sec. 4.1), lower-triangular like `R` (NaN above the diagonal)."
+    rand = np.array([R_random[j, j] for j in range(len(R))])[None, :]
+    return (R - rand) / (R_joint - rand) - 1
+
+def reference_metrics(R: np.ndarray, R_joint: np.ndarray | None = None, R_random: np.ndarray | None = None) -> dict:
+    "The metrics that need reference matrices (of the same benchmark and number of tasks), for whichever are given."
+    out, T = {}, len(R)
+    for name, M in (("joint", R_joint), ("random", R_random)):
+        if M is not None and len(M) != T: raise ValueError(f"the {name} reference has {len(M)} tasks, the run {T}")
+    if R_joint is not None:
+        out["intransigence_per_task"] = intransigence(R, R_joint)
+        out["intransigence"] = float(np.mean(out["intransigence_per_task"]))
+    if R_joint is not None and R_random is not None:
+        rho = forgetting_ratio(R, R_joint, R_random)
+        out["forgetting_ratio_matrix"] = matrix_to_rows(rho)
+        out["forgetting_ratio"] = float(np.mean(rho[T - 1, :T]))
+    return out
 
 # %% ../nbs/04_metrics.ipynb #8409fc04
 def _clean(v):

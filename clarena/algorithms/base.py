@@ -31,8 +31,13 @@ def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True)
 # %% ../../nbs/05_algorithm.ipynb #1d2e3f40
 class TaskData:
     "Task `task_id`'s training set, as the hooks at a task boundary receive it: prepared `(x, y)` batches on `device`."
-    def __init__(self, task_id: int, view: TaskView, device, num_classes: int | None = None):
+    def __init__(self, task_id: int, view: TaskView, device, num_classes: int | None = None, earlier: Callable | None = None):
         self.task_id, self.view, self.device, self.num_classes = task_id, view, torch.device(device), num_classes
+        self._earlier = earlier
+
+    def earlier(self) -> list:
+        "The `TaskData` of every task before this one (what a reference run such as Joint trains on; a continual learner does not look)."
+        return self._earlier() if self._earlier is not None else []
 
     def __len__(self) -> int: return len(self.view)
 
