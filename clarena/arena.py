@@ -27,7 +27,7 @@ __all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'REPORT_METRICS', 'r
            'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
-VOLATILE_KEYS = ("paths", "arena", "resume", "tags", "hydra")
+VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "tags", "hydra")
 VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 def run_identity(cfg: DictConfig) -> str:
@@ -55,12 +55,17 @@ def arena_job(cfg: DictConfig) -> float | None:
     (run_dir / "failed.json").unlink(missing_ok=True)
     cfg = cfg.copy()
     cfg.paths.output_dir = str(run_dir)
+    OmegaConf.update(cfg, "overwrite", True, force_add=True)  # an unfinished or failed earlier try of this very run: start it afresh
     try:
         return run_experiment(cfg)["final_avg_acc"]
     except Exception as e:  # a failed run is reported, not fatal to the sweep
         info = dict(identity=rid, experiment=cfg.get("experiment_name"), seed=cfg.get("seed"), error=f"{type(e).__name__}: {e}",
                     traceback=traceback.format_exc(), config=OmegaConf.to_container(cfg, resolve=False))
         atomic_write(run_dir / "failed.json", json.dumps(info, indent=1, default=str))
+        from hydra.core.hydra_config import HydraConfig
+        if HydraConfig.initialized():  # the sweep's own record, which SweepReport counts for the exit status
+            atomic_write(Path(HydraConfig.get().runtime.output_dir) / "failed.json",
+                         json.dumps(dict(job=HydraConfig.get().job.num, error=info["error"], identity=rid), indent=1))
         log.error("arena: run %s failed: %s", rid, info["error"])
         print(f"[clarena-arena] {rid} failed: {info['error']}", flush=True)
         return None
@@ -194,6 +199,8 @@ def _arena(cfg: DictConfig) -> float | None:
     return arena_job(cfg)
 
 def main():
-    "Entry point of `clarena-arena`: always a Hydra multirun."
+    "Entry point of `clarena-arena`: always a Hydra multirun; exit status 1 if any of its runs failed (they are listed in the report)."
+    from clarena.train import run_cli, SweepReport
     if not any(a in ("-m", "--multirun") for a in sys.argv[1:]): sys.argv.insert(1, "--multirun")
-    _arena()
+    run_cli(_arena)
+    if SweepReport.failed: sys.exit(1)

@@ -6,14 +6,18 @@ Docs: https://clarena-dev.github.io/clarena/checkpoints.html.md"""
 
 # %% ../nbs/07a_checkpoints.ipynb #da6c25d1
 from __future__ import annotations
-import io, os, pickle, zipfile
+import datetime, hashlib, io, os, pickle, secrets, shutil, zipfile
 from pathlib import Path
 import torch
+
+from omegaconf import OmegaConf
 
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'restore']
+__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RESULT_FILES', 'RESULT_SUFFIXES', 'atomic_write', 'save_checkpoint',
+           'load_checkpoint', 'check_same_data', 'restore', 'check_name', 'run_stamp', 'new_run_dir', 'results_in',
+           'claim_run_dir', 'hydra_run_dir', 'hydra_sweep_dir']
 
 # %% ../nbs/07a_checkpoints.ipynb #0400843d
 def atomic_write(path: Path, data: bytes | str):
@@ -30,12 +34,26 @@ def atomic_write(path: Path, data: bytes | str):
 
 # %% ../nbs/07a_checkpoints.ipynb #9d24bf72
 CHECKPOINT_KEYS = ("state_dict", "cl", "config", "progress")
+CHECKPOINT_FORMAT = "clarena-checkpoint-2"  # the payload's bytes with their sha256
 
-def save_checkpoint(path: Path, algo, config: dict, progress: dict):
-    "Save the algorithm after a task, with its config and the run's progress, atomically."
-    buf = io.BytesIO()
-    torch.save(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress), buf)
-    atomic_write(path, buf.getvalue())
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO(); torch.save(obj, buf); return buf.getvalue()
+
+def save_checkpoint(path: Path, algo, config: dict, progress: dict, data: dict | None = None):
+    "Save the algorithm after a task, with its config, the run's progress and its data record, and their sha256, in one atomic write."
+    payload = _torch_bytes(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress, data=data))
+    atomic_write(path, _torch_bytes(dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
+                                         payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))))
+
+def _safe_load(path, source):
+    "`torch.load(weights_only=True)` of `source`, every failure a `ConfigError` naming `path`."
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"checkpoint {path} holds objects that a safe load (weights_only=True) refuses to build: "
+                          f"{str(e).splitlines()[0][:200]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError) as e:
+        raise ConfigError(f"checkpoint {path} is corrupted or not a torch file: {str(e).splitlines()[0][:200]}") from None
 
 def load_checkpoint(path) -> dict:
     "Load a clarena checkpoint with `weights_only=True`; a missing, corrupted or foreign file is a `ConfigError`."
@@ -43,16 +61,32 @@ def load_checkpoint(path) -> dict:
     if not path.is_file(): raise ConfigError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
         raise ConfigError(f"checkpoint {path} is corrupted or not a torch file (not a zip archive as torch.save writes)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ConfigError(f"checkpoint {path} holds objects that a safe load (weights_only=True) refuses to build: "
-                          f"{str(e).splitlines()[0][:200]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ConfigError(f"checkpoint {path} is corrupted or not a torch file: {str(e).splitlines()[0][:200]}") from None
+    ckpt = _safe_load(path, path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        payload, recorded = ckpt.get("payload"), ckpt.get("sha256")
+        if not torch.is_tensor(payload) or payload.dtype != torch.uint8 or not isinstance(recorded, str):
+            raise ConfigError(f"checkpoint {path} is corrupted: its payload or its sha256 is missing")
+        payload = payload.numpy().tobytes()
+        got = hashlib.sha256(payload).hexdigest()
+        if got != recorded:
+            raise ConfigError(f"checkpoint {path} is corrupted: the sha256 of its content is {got[:16]}..., it was written with "
+                              f"{recorded[:16]}...; do not use it (resume from an earlier task's checkpoint, or train again)")
+        ckpt = _safe_load(path, io.BytesIO(payload))
+        if isinstance(ckpt, dict): ckpt["sha256"] = got
+    elif isinstance(ckpt, dict):
+        ckpt.setdefault("sha256", None)  # written before checkpoints carried their hash
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise ConfigError(f"{path} is not a clarena checkpoint (expected the keys {', '.join(CHECKPOINT_KEYS)})")
     return ckpt
+
+# %% ../nbs/07a_checkpoints.ipynb #8e2f4c61
+def check_same_data(recorded: dict | None, current: dict, what: str):
+    "Raise `ConfigError` unless `current` data (source, fingerprint) is the data `recorded` by the run; `what` names the check."
+    if not recorded or not recorded.get("fingerprint"): return  # a run from before data fingerprints: nothing to compare with
+    if recorded["fingerprint"] != current["fingerprint"]:
+        raise ConfigError(f"{what}: the run was trained on {recorded['source']} (data fingerprint {recorded['fingerprint'][:12]}), but this "
+                          f"loads {current['source']} (fingerprint {current['fingerprint'][:12]}), other data; point data_root (or "
+                          f"paths.data_dir) at the run's data")
 
 # %% ../nbs/07a_checkpoints.ipynb #5495c517
 def restore(algo, dm, ckpt: dict):
@@ -73,3 +107,55 @@ def restore(algo, dm, ckpt: dict):
         raise ConfigError(f"the checkpoint's weights do not fit the model the config builds: {str(e).splitlines()[0][:300]}") from None
     algo.task_id = cl["task_id"]
     return algo
+
+# %% ../nbs/07a_checkpoints.ipynb #6f2d8a41
+RESULT_FILES = ("metrics.json", "progress.json", "config.yaml", "acc_matrix.csv", "failed.json", "checkpoints", "csv", "tensorboard")
+RESULT_SUFFIXES = (".png",)  # figures; and the profiler's reports, profiler_task_<t>.txt
+
+def check_name(what: str, name) -> str:
+    "Raise `ConfigError` unless `name` can be a single folder name (no path separators, not `.` or `..`); return it."
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0\n") or name != name.strip():
+        raise ConfigError(f"{what} must be a plain name (one folder name: no '/', no '..'), got {name!r}")
+    return name
+
+def run_stamp() -> str:
+    "A run directory's name: the start time to the microsecond and a random id, e.g. `2025-01-31_12-00-00-123456_a1b2c3`."
+    return f"{datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}_{secrets.token_hex(3)}"
+
+def new_run_dir(log_dir, experiment_name, kind: str = "runs") -> Path:
+    "A fresh run directory path `log_dir/<experiment_name>/<kind>/<stamp>` (not created)."
+    return Path(log_dir) / check_name("experiment_name", experiment_name) / kind / run_stamp()
+
+def results_in(run_dir) -> list[str]:
+    "The names of another run's results in `run_dir` (its figures included)."
+    d = Path(run_dir)
+    if not d.is_dir(): return []
+    return sorted(p.name for p in d.iterdir() if p.name in RESULT_FILES or (p.is_file() and (p.suffix in RESULT_SUFFIXES or p.name.startswith("profiler_task_"))))
+
+def claim_run_dir(run_dir, overwrite: bool = False) -> Path:
+    "Refuse `run_dir` if it holds another run's results; with `overwrite`, delete those results first."
+    d, found = Path(run_dir), results_in(run_dir)
+    if found and not overwrite:
+        raise ConfigError(f"the output directory {d} holds another run's results ({', '.join(found)}); choose another "
+                          f"paths.output_dir, or add overwrite=true to delete those results first")
+    for name in found:
+        p = d / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return d
+
+# %% ../nbs/07a_checkpoints.ipynb #0b7e5c93
+def hydra_run_dir(log_dir, experiment_name, output_dir=None, resume=None, overwrite=None) -> str:
+    "The run directory of a single run (`hydra.run.dir`); `overwrite=None` (eval, predict) skips the check for results."
+    if resume: return str(resume)
+    if output_dir:
+        if overwrite is not None and not overwrite: claim_run_dir(output_dir)
+        return str(output_dir)
+    return str(new_run_dir(log_dir, experiment_name))
+
+def hydra_sweep_dir(log_dir, experiment_name) -> str:
+    "The directory of a sweep (`hydra.sweep.dir`); each job gets a numbered folder in it."
+    return str(new_run_dir(log_dir, experiment_name, "multiruns"))
+
+for _name, _fn in (("clarena_run_dir", hydra_run_dir), ("clarena_sweep_dir", hydra_sweep_dir),
+                   ("clarena_hydra_subdir", lambda resume=None: ".hydra/resume" if resume else ".hydra")):
+    if not OmegaConf.has_resolver(_name): OmegaConf.register_new_resolver(_name, _fn, use_cache=True)

@@ -15,16 +15,29 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from matplotlib.figure import Figure
 
-from .core import ConfigError
-from .checkpoints import atomic_write, load_checkpoint, restore
+from pathlib import Path
+from hydra.core.hydra_config import HydraConfig
+
+from .core import ConfigError, check_positive_int
+from .checkpoints import atomic_write, check_same_data, load_checkpoint, restore
 from .loop import build, quiet_lightning, run_dir_for, test_tasks
+from .train import discard_unused_run_dir, run_cli
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'eval_main', 'predict_main']
+__all__ = ['log', 'recorded_data', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'eval_main', 'predict_main']
 
 # %% ../nbs/09_eval.ipynb #58519b1f
+def recorded_data(ckpt_path, ckpt: dict) -> dict | None:
+    "The data record of the run a checkpoint belongs to: the checkpoint's own, else its run's `metrics.json`'s."
+    if ckpt.get("data"): return ckpt["data"]
+    metrics = Path(ckpt_path).resolve().parent.parent / "metrics.json"
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        if m.get("data_fingerprint"): return dict(source=m.get("data_source"), fingerprint=m["data_fingerprint"])
+    return None
+
 def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = None):
     "The datamodule, the restored algorithm, a test `Trainer` and the checkpoint, ready to evaluate."
     ckpt = load_checkpoint(ckpt_path)
@@ -32,6 +45,7 @@ def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = Non
     if data_root is not None: cfg.data.root = data_root
     L.seed_everything(cfg.seed, verbose=False)
     dm, algo = build(cfg)
+    check_same_data(recorded_data(ckpt_path, ckpt), dm.data_record(), f"checkpoint {ckpt_path}")
     quiet_lightning()
     kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False) | dict(trainer or {})
     tr = L.Trainer(**kw, logger=False, enable_checkpointing=False, default_root_dir=tempfile.gettempdir())
@@ -56,6 +70,8 @@ def evaluate_checkpoint(ckpt_path, trainer: dict | None = None, data_root: str |
 # %% ../nbs/09_eval.ipynb #d30fe0bf
 def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None = None, data_root: str | None = None) -> dict:
     "Predicted and true classes of the first `num_samples` test samples of task `task_id`."
+    if isinstance(task_id, bool) or not isinstance(task_id, int): raise ConfigError(f"task_id must be an integer, got {task_id!r}")
+    check_positive_int("num_samples", num_samples)
     dm, algo, tr, ckpt = load_run(ckpt_path, trainer, data_root)
     k = ckpt["cl"]["task_id"]
     if not 0 <= task_id <= k: raise ConfigError(f"task_id={task_id}: the checkpoint has seen tasks 0..{k}")
@@ -89,14 +105,21 @@ def plot_predictions(p: dict, cols: int = 8) -> Figure:
     return fig
 
 # %% ../nbs/09_eval.ipynb #250cd148
-def _fail(e: ConfigError):
-    print(f"clarena: error: {e}", file=sys.stderr)
+def _fail(e: ConfigError, cfg: DictConfig):
+    "Bad input: one line, exit status 2, and no output directory left behind."
+    print(f"clarena: configuration error: {e}", file=sys.stderr)
+    discard_unused_run_dir(HydraConfig.get().runtime.output_dir, cfg.paths.get("log_dir"))
     sys.exit(2)
+
+def _ckpt_path(cfg: DictConfig, app: str) -> str:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError(f"{app} needs a checkpoint: {app} ckpt_path=<run dir>/checkpoints/task_<k>.ckpt")
+    return cfg.ckpt_path
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
 def _eval(cfg: DictConfig):
-    try: e = evaluate_checkpoint(cfg.ckpt_path, OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"))
-    except ConfigError as err: _fail(err)
+    try: e = evaluate_checkpoint(_ckpt_path(cfg, "clarena-eval"), OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"))
+    except ConfigError as err: _fail(err, cfg)
     out = run_dir_for(cfg)
     atomic_write(out / "eval.json", json.dumps(e, indent=1))
     print(f"task {e['task_id']}: accuracy on tasks 0..{e['task_id']} = {[round(a, 4) for a in e['acc']]} "
@@ -104,16 +127,17 @@ def _eval(cfg: DictConfig):
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def _predict(cfg: DictConfig):
-    try: p = predict(cfg.ckpt_path, cfg.task_id, cfg.num_samples, OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"))
-    except ConfigError as err: _fail(err)
+    try: p = predict(_ckpt_path(cfg, "clarena-predict"), cfg.task_id, cfg.num_samples, OmegaConf.to_container(cfg.trainer, resolve=True),
+                     cfg.get("data_root"))
+    except ConfigError as err: _fail(err, cfg)
     out = run_dir_for(cfg)
     buf = io.BytesIO(); plot_predictions(p).savefig(buf, format="png", dpi=100); atomic_write(out / "predictions.png", buf.getvalue())
     lines = ["index,true,pred,confidence"] + [f"{i},{t},{q},{c:.4f}" for i, (t, q, c) in enumerate(zip(p["true"], p["pred"], p["confidence"]))]
     atomic_write(out / "predictions.csv", "\n".join(lines) + "\n")
     print(f"{sum(a == b for a, b in zip(p['true'], p['pred']))}/{len(p['true'])} correct; written to {out}")
 
-def eval_main(): _eval()
-def predict_main(): _predict()
+def eval_main(): run_cli(_eval)
+def predict_main(): run_cli(_predict)
 
 # %% ../nbs/09_eval.ipynb #2ef6fbeb
 if __name__ == "__main__": eval_main()  # python -m clarena.evaluate is clarena-eval

@@ -243,9 +243,10 @@ def run_experiment(cfg: DictConfig) -> dict:
         val = test_tasks(trainer, algo, dm, list(range(dm.num_tasks)), split="val")
         out["final_val_acc"] = [val[t][0] for t in range(dm.num_tasks)]
         out["final_val_avg_acc"] = float(np.mean(out["final_val_acc"]))
+    this_part_s = time.perf_counter() - start  # a resumed run: the part after the resume (wall_s_parts: before, after)
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
-               total_wall_s=before + time.perf_counter() - start, data_load_s=data_load_s, resumed_at_task=first if resume else None,
-               wall_s_parts=[before, time.perf_counter() - start] if resume else None, data_fingerprint=data["fingerprint"],
+               total_wall_s=before + this_part_s, data_load_s=data_load_s, resumed_at_task=first if resume else None,
+               wall_s_parts=[before, this_part_s] if resume else None, data_fingerprint=data["fingerprint"],
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                experiment=cfg.experiment_name, algorithm=type(algo).__name__, reference=cfg.get("reference"), scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),

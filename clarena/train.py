@@ -6,22 +6,27 @@ Docs: https://clarena-dev.github.io/clarena/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #da208bcc
 from __future__ import annotations
-import logging, os, sys
+import inspect, json, logging, os, re, shutil, signal, sys, traceback
 from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import Callback as LightningCallback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .core import ConfigError, TrainingError
+from .checkpoints import atomic_write, check_name
 from .loop import run_experiment
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'compose_config', 'resume_config', 'main', 'fast_exit']
+__all__ = ['log', 'ACCELERATORS', 'RESUME_OVERRIDES', 'compose_config', 'absolute_data_root', 'check_run_config', 'resume_config',
+           'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'input_error', 'run_cli',
+           'job_failed', 'SweepReport', 'ProfilerReport']
 
 # %% ../nbs/08_cli.ipynb #0e298ccf
 def compose_config(experiment: str | None = None, overrides: list | tuple = ()) -> DictConfig:
@@ -29,35 +34,131 @@ def compose_config(experiment: str | None = None, overrides: list | tuple = ()) 
     overrides = list(overrides) + ([f"experiment={experiment}"] if experiment else [])
     GlobalHydra.instance().clear()
     with initialize_config_module("clarena.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return absolute_data_root(compose("config", overrides=overrides))
+
+def absolute_data_root(cfg: DictConfig) -> DictConfig:
+    "Make the data root absolute, so the run records where its data was, whatever the working directory of a later eval or resume."
+    for key in ("paths.data_dir", "data.root"):
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            OmegaConf.update(cfg, key, str(Path(v).expanduser().absolute()), merge=False)
+    return cfg
+
+# %% ../nbs/08_cli.ipynb #c1f0a7e2
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+
+def _accelerator_available(name: str) -> bool:
+    import torch
+    if name in ("gpu", "cuda"): return torch.cuda.is_available()
+    if name == "mps": return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return True
+
+def check_run_config(cfg: DictConfig) -> DictConfig:
+    "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
+    import lightning as L, torch
+    from hydra.utils import instantiate
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int): raise ConfigError(f"seed must be an integer, got {seed!r}")
+    check_name("experiment_name", cfg.get("experiment_name"))
+    tr = cfg.trainer
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir", "enable_checkpointing"}
+    unknown = sorted(set(tr) - known)
+    if unknown: raise ConfigError(f"unknown trainer option(s) {unknown}: not arguments of lightning.Trainer (e.g. {', '.join(sorted(known)[:6])}, ...)")
+    acc = tr.get("accelerator", "auto")
+    if acc not in ACCELERATORS: raise ConfigError(f"unknown trainer.accelerator {acc!r}; valid choices: {', '.join(map(repr, ACCELERATORS))}")
+    if not _accelerator_available(acc):
+        raise ConfigError(f"trainer.accelerator={acc!r} (trainer=gpu) but this machine has no {'CUDA GPU' if acc != 'mps' else 'MPS device'}; "
+                          f"use the default trainer (trainer.accelerator=cpu)")
+    opt = cfg.model.get("optimizer")
+    if opt is not None:
+        lr = opt.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+        try: instantiate(opt)([torch.nn.Parameter(torch.zeros(1))])
+        except Exception as e:
+            raise ConfigError(f"model.optimizer {OmegaConf.to_container(opt)} cannot be built: {str(e).splitlines()[0]}") from None
+    return cfg
 
 # %% ../nbs/08_cli.ipynb #0d4aea52
-def resume_config(run_dir) -> DictConfig:
-    "The config an interrupted run in `run_dir` was started with, set to resume it."
-    from omegaconf import OmegaConf
+RESUME_OVERRIDES = ("trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary")
+
+def _override_key(o: str) -> str: return o.split("=", 1)[0].lstrip("+~")
+
+def resume_config(run_dir, overrides: list | tuple = (), given: DictConfig | None = None) -> DictConfig:
+    """The config an interrupted run in `run_dir` was started with, set to resume it; `overrides` (the command line's, as in
+    `given`) may change only where it runs (`RESUME_OVERRIDES`)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists(): raise ConfigError(f"cannot resume {run_dir}: it has no config.yaml (not a clarena run directory)")
     cfg = OmegaConf.load(path)
+    keys = [_override_key(o) for o in overrides if _override_key(o) != "resume"]
+    bad = [k for k in keys if k not in RESUME_OVERRIDES]
+    if bad: raise ConfigError(f"resume={run_dir} continues the run with the config it was started with; it cannot change {', '.join(bad)}. "
+                              f"Allowed beside resume: {', '.join(RESUME_OVERRIDES)}")
+    for k in keys: OmegaConf.update(cfg, k, OmegaConf.select(given, k), merge=False)
     cfg.resume, cfg.paths.output_dir = str(run_dir), str(run_dir)
     return cfg
 
+def _run_dir(cfg) -> Path:
+    return Path(cfg.paths.output_dir) if cfg.paths.get("output_dir") else Path(HydraConfig.get().runtime.output_dir)
+
+def failure(e: BaseException) -> tuple[int, str] | None:
+    "The exit status and the one line for a known failure of a run (None: a bug, which keeps its traceback)."
+    if isinstance(e, ConfigError): return 2, f"configuration error: {e}"
+    if isinstance(e, TrainingError): return 3, f"training failed: {e}; the run directory holds no metrics.json (nothing in it looks finished)"
+    if isinstance(e, OSError): return 3, f"could not write results: {e}; the run directory holds no metrics.json (nothing in it looks finished)"
+    return None
+
+def discard_unused_run_dir(run_dir: Path, log_dir=None):
+    "Remove a run directory that holds nothing but Hydra's own files (a run refused before it wrote anything), and its empty parents below `log_dir`."
+    d = Path(run_dir)
+    if not d.is_dir() or not all(p.name == ".hydra" or p.suffix == ".log" for p in d.iterdir()): return
+    shutil.rmtree(d, ignore_errors=True)
+    stop = Path(log_dir).absolute() if log_dir else None
+    for parent in d.absolute().parents:
+        if stop is None or parent == stop or stop not in parent.parents: break
+        try: parent.rmdir()
+        except OSError: break
+
+_interrupted = False  # set by Ctrl-C: Lightning turns the KeyboardInterrupt inside a fit into exit status 1
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+def interrupted_line(run_dir: Path) -> str:
+    "Where an interrupted run is, and how to go on with it."
+    prog = Path(run_dir) / "progress.json"
+    if prog.exists():
+        p = json.loads(prog.read_text())
+        return (f"interrupted: {run_dir} holds {p['tasks_done']} of {p['num_tasks']} tasks; "
+                f"resume it with: clarena-train resume={run_dir}")
+    return f"interrupted before the first task finished: {run_dir} holds nothing to resume; start the run again"
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _train(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    sweep, given = hc.mode == RunMode.MULTIRUN, cfg
     try:
-        if cfg.get("resume"): cfg = resume_config(cfg.resume)
+        if cfg.get("resume"): cfg = resume_config(cfg.resume, hc.overrides.task, cfg)
+        check_run_config(absolute_data_root(cfg))
         out = run_experiment(cfg)
-        global _single_process_run
-        _single_process_run = HydraConfig.get().mode == RunMode.RUN and out["config"]["trainer"].get("devices") in (1, "1", None) \
-            and "ddp" not in str(out["config"]["trainer"].get("strategy"))
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        print(f"clarena: configuration error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (TrainingError, OSError) as e:
-        what = "training failed" if isinstance(e, TrainingError) else "could not write results"
-        log.error("%s: %s", what, e)
-        print(f"clarena: {what}: {e}; the run directory holds no metrics.json (nothing in it looks finished)", file=sys.stderr)
-        sys.exit(3)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if not _interrupted: raise
+        print(f"clarena: {interrupted_line(_run_dir(cfg))}", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except Exception as e:
+        known = failure(e)
+        if sweep: return job_failed(e, known)
+        if known is None: raise
+        code, line = known
+        log.error(line)
+        print(f"clarena: {line}", file=sys.stderr)
+        if code == 2: discard_unused_run_dir(hc.runtime.output_dir, given.paths.get("log_dir"))
+        sys.exit(code)
+    global _single_process_run
+    _single_process_run = not sweep and out["config"]["trainer"].get("devices") in (1, "1", None) \
+        and "ddp" not in str(out["config"]["trainer"].get("strategy"))
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     if rank_zero_only.rank == 0:  # in a DDP run, every process returns the same (reduced) results
         log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
@@ -69,13 +170,96 @@ _single_process_run = False  # set by a finished run that is neither a sweep nor
 
 def main():
     "Entry point of `clarena-train`."
-    _train()
+    run_cli(_train)
+    from clarena import train  # Hydra builds the callback from clarena.train, which is not this module under `python -m`
+    if train.SweepReport.failed: sys.exit(1)
     if _single_process_run: fast_exit()
 
 def fast_exit(code: int = 0):
     "End the process without the interpreter's teardown of torch and Lightning (about 1.8 s on this project's 2-core machine); logs and output are flushed first, and every result file is already written (atomically)."
     logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
     os._exit(code)
+
+# %% ../nbs/08_cli.ipynb #e7b2c9d1
+def _chain(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+def input_error(e: BaseException) -> str | None:
+    "The one line for bad input that Hydra (or a config resolver) raised, or None if `e` is not bad input."
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+    for x in _chain(e):
+        if isinstance(x, ConfigError): return f"configuration error: {x}"
+    for x in _chain(e):
+        if isinstance(x, MissingConfigException) and x.options is not None:
+            missing = re.search(r"Could not find '([^']+)'", str(x))
+            group, _, name = (missing.group(1) if missing else str(x.missing_cfg_file)).rpartition("/")
+            return f"unknown {group or 'config'} option {name!r}; valid choices: {', '.join(map(repr, x.options))}"
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        lines = [l.strip() for x in _chain(e) for l in str(x).splitlines() if l.strip()]
+        return "configuration error: " + " ".join(dict.fromkeys(lines))[:500]
+    if isinstance(e, OSError):
+        return f"configuration error: cannot create the run directory: {e}; set paths.log_dir or paths.output_dir to a writable place"
+    return None
+
+def run_cli(app):
+    "Run the Hydra app `app` (a `@hydra.main` function): bad input is one line and exit status 2, Ctrl-C exit status 130."
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try: signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError: pass  # not the main thread
+    try:
+        return app()
+    except KeyboardInterrupt:
+        print("clarena: interrupted", file=sys.stderr); sys.exit(130)
+    except Exception as e:
+        line = None if full else input_error(e)
+        if line is None: raise
+        print(f"clarena: {line}", file=sys.stderr)
+        sys.exit(2)
+
+# %% ../nbs/08_cli.ipynb #a8d4e6b2
+def job_failed(e: BaseException, known: tuple[int, str] | None, run_dir=None) -> None:
+    "Record and report a sweep job's failure (in its folder, `failed.json`), so the sweep can go on."
+    hc = HydraConfig.get()
+    code, line = known or (1, f"failed with {type(e).__name__}: {e}")
+    d = Path(run_dir or hc.runtime.output_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write(d / "failed.json", json.dumps(dict(job=hc.job.num, overrides=list(hc.overrides.task), exit_status=code, error=line,
+                                                    traceback=traceback.format_exc()), indent=1, default=str))
+    log.error("job %s (%s): %s", hc.job.num, " ".join(hc.overrides.task), line)
+    print(f"clarena: job {hc.job.num} ({' '.join(hc.overrides.task)}) {line}", file=sys.stderr, flush=True)
+    return None
+
+class SweepReport(Callback):
+    "Hydra callback: fix the sweep directory when a sweep starts; when it ends, report how many jobs failed (`SweepReport.failed`)."
+    failed: list = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs):
+        with read_write(config.hydra.sweep), open_dict(config.hydra.sweep):
+            config.hydra.sweep.dir = str(config.hydra.sweep.dir)  # resolved once: its name has a random part
+
+    def on_multirun_end(self, config: DictConfig, **kwargs):
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = [d for d in sorted(sweep_dir.glob("*")) if d.is_dir() and (d / ".hydra").is_dir()]
+        failed = [json.loads((d / "failed.json").read_text()) for d in jobs if (d / "failed.json").exists()]
+        type(self).failed = failed
+        if failed:
+            print(f"clarena: {len(failed)} of {len(jobs)} sweep jobs failed (their failed.json in {sweep_dir}): " +
+                  "; ".join(f"job {f['job']}: {f['error'][:200]}" for f in failed), file=sys.stderr, flush=True)
+
+# %% ../nbs/08_cli.ipynb #b5e1f7a3
+class ProfilerReport(LightningCallback):
+    "Lightning callback: print the profiler's report after each task's fit, and save it in the run directory."
+    def on_fit_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or trainer.profiler is None: return
+        text = trainer.profiler.summary()
+        if not text.strip(): return
+        path = Path(trainer.default_root_dir) / f"profiler_task_{getattr(pl_module, 'task_id', 0)}.txt"
+        atomic_write(path, text + "\n")
+        print(f"[clarena] profiler report of task {getattr(pl_module, 'task_id', 0)} (saved to {path}):\n{text}", flush=True)
 
 # %% ../nbs/08_cli.ipynb #a439ffff
 if __name__ == "__main__": main()

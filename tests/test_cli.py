@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
 
@@ -55,7 +56,18 @@ def test_multirun_and_run_dir(tmp_path, no_data_root):
 
 @pytest.mark.parametrize("args,code,message", [
     (["data.dataset=mnistt"], 2, "unknown dataset 'mnistt'; valid choices: 'mnist', 'fashion_mnist'"),
-    (["model/algorithm=nope"], 1, "Available options in 'model/algorithm'"),
+    (["model/algorithm=nope"], 2, "unknown model/algorithm option 'nope'; valid choices: "),
+    (["data=foo"], 2, "unknown data option 'foo'; valid choices: "),
+    (["model.optimizer.lr=abc"], 2, "model.optimizer.lr must be a number > 0, got 'abc'"),
+    (["model.optimizer.lr=-1"], 2, "model.optimizer.lr must be a number > 0, got -1"),
+    (["seed=abc"], 2, "seed must be an integer, got 'abc'"),
+    pytest.param(["trainer=gpu"], 2, "this machine has no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+    (["trainer.accelerator=tpu"], 2, "unknown trainer.accelerator 'tpu'; valid choices: 'cpu'"),
+    (["+trainer.no_such_option=1"], 2, "unknown trainer option(s) ['no_such_option']"),
+    (["paths.log_dir=a_file/logs"], 2, "a_file/logs"),
+    (["experiment_name=../../x"], 2, "experiment_name must be a plain name"),
+    (["data.val_size=1.5"], 2, "data.val_size must be a fraction in [0, 1) or a whole number of samples >= 1, got 1.5"),
+    (["experiment=pmnist_hat", "model.algorithm.s_max=0"], 2, "s_max"),
     (["experiment=smnist_cil_finetuning", "model/head=til"], 2, "SplitDataModule in scenario CIL needs a CIL head (model/head=cil)"),
     (["experiment=smnist_til_finetuning", "data.num_tasks=6"], 2, "can make at most 5 tasks, got num_tasks=6"),
     (["trainer.max_epochs=-1"], 2, "trainer.max_epochs must be an integer >= 1, got -1"),
@@ -63,10 +75,33 @@ def test_multirun_and_run_dir(tmp_path, no_data_root):
     (["data.scenario=XIL"], 2, "unknown scenario for PermutedDataModule 'XIL'; valid choices: 'TIL'"),
 ])
 def test_bad_input_fails_before_training(tmp_path, args, code, message):
-    r = train(args, tmp_path)
+    (tmp_path / "a_file").write_text("a file where a directory should be")
+    r = train([*args, f"paths.data_dir={tmp_path / 'none'}"], tmp_path)
     assert r.returncode == code, (r.returncode, r.stderr[-2000:])
     assert message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("clarena: "), r.stderr[-2000:]
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+    assert not list(tmp_path.rglob(".hydra")) and not list(tmp_path.rglob("config.yaml"))  # no run directory left behind
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("clarena.evaluate", [], "clarena-eval needs a checkpoint: clarena-eval ckpt_path="),
+    ("clarena.evaluate", ["ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
+])
+def test_bad_input_to_eval(tmp_path, module, args, message):
+    r = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert not list(tmp_path.rglob(".hydra"))
+
+
+@pytest.mark.parametrize("args,message", [(["num_samples=0"], "num_samples must be an integer >= 1, got 0"),
+                                          (["num_samples=-3"], "num_samples must be an integer >= 1, got -3"),
+                                          (["task_id=abc"], "task_id must be an integer, got 'abc'")])
+def test_bad_input_to_predict(tmp_path, args, message):
+    from clarena.evaluate import predict_main
+    r = subprocess.run([sys.executable, "-c", "from clarena.evaluate import predict_main; predict_main()", "ckpt_path=x.ckpt", *args],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
 
 
 def test_ddp_two_processes_on_cpu(tmp_path, no_data_root):

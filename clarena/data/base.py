@@ -21,13 +21,13 @@ from ..core import ConfigError, DataError, check_choice, check_positive_int
 
 # %% auto #0
 __all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'load_source', 'TaskView', 'TensorBatches', 'IndexChunk', 'ChunkedBatches', 'host_dataloader', 'crop_flip',
-           'CLDataModule', 'normalizer']
+           'torchvision_folder', 'load_source', 'TaskView', 'TensorBatches', 'IndexChunk', 'ChunkedBatches',
+           'host_dataloader', 'crop_flip', 'check_val_size', 'CLDataModule', 'normalizer']
 
 # %% ../../nbs/01_data.ipynb #94584ce2
 CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
-    "mnist/train-images-idx3-ubyte": dict(gz="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-    "mnist/train-labels-idx1-ubyte": dict(gz="d53e105ee54ea40749a09fcbcd1e9432"),
+    "mnist/train-images-idx3-ubyte": dict(gz="f68b3c2dcbeaaa9fbdd348bbdeb94873", raw="6bbc9ace898e44ae57da46a324031adb"),
+    "mnist/train-labels-idx1-ubyte": dict(gz="d53e105ee54ea40749a09fcbcd1e9432", raw="a25bea736e30d166cdddb491f175f624"),
     "mnist/t10k-images-idx3-ubyte": dict(gz="9fb629c4189551a2d022fa330f9573f3", raw="2646ac647ad5339dbf082846283269ea"),
     "mnist/t10k-labels-idx1-ubyte": dict(gz="ec29112dd5afa0611ce80d1b7f02629c", raw="27ae3e4e09519cfbb04c329615203637"),
     "fashion_mnist/train-images-idx3-ubyte": dict(gz="8d4fb7e6c68d591d4c3dfef9ec88bf0d", raw="f4a8712d7a061bf5bd6d2ca38dc4d50a"),
@@ -35,6 +35,17 @@ CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompre
     "fashion_mnist/t10k-images-idx3-ubyte": dict(gz="bef4ecab320f06d8554ea6380940ec79", raw="8181f5470baa50b63fa0f6fddb340f0a"),
     "fashion_mnist/t10k-labels-idx1-ubyte": dict(gz="bb300cfdad3c16e7a12a480ee83cd310", raw="15d484375f8d13e6eb1aabb0c3f46965"),
 }
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+def _check_official(path: Path, dataset: str, packed: bytes, raw: bytes):
+    "Raise `DataError` naming `path` unless its bytes are those of the official `dataset` file of that name."
+    known = CHECKSUMS.get(f"{dataset}/{path.name.removesuffix('.gz')}")
+    if known is None: raise DataError(f"{path} is not one of {dataset}'s IDX files ({', '.join(_IDX_FILES)})")
+    got_raw = hashlib.md5(raw).hexdigest()
+    if got_raw == known["raw"] or (path.suffix == ".gz" and hashlib.md5(packed).hexdigest() == known["gz"]): return
+    raise DataError(f"{path} does not match the official {dataset} file (content md5 {got_raw}, expected {known['raw']}): "
+                    f"it is corrupted or not the official data; replace it (or, for files you made yourself, set data.verify_checksums=false)")
 
 def read_idx(path, dataset: str | None = None) -> np.ndarray:
     "Read an IDX file (optionally gzipped) into a uint8 array; with `dataset`, check it against the official md5."
@@ -44,14 +55,7 @@ def read_idx(path, dataset: str | None = None) -> np.ndarray:
         raw = gzip.decompress(packed) if path.suffix == ".gz" else packed
     except (OSError, EOFError) as e:
         raise DataError(f"{path} is corrupted: {e}; replace it with the official file") from None
-    known = CHECKSUMS.get(f"{dataset}/{path.name.removesuffix('.gz')}", {}) if dataset else {}
-    if known:
-        got_raw, got_gz = hashlib.md5(raw).hexdigest(), hashlib.md5(packed).hexdigest() if path.suffix == ".gz" else None
-        ok = got_raw == known.get("raw") or (got_gz is not None and got_gz == known.get("gz"))
-        if not ok and (known.get("raw") or got_gz is not None):
-            raise DataError(f"{path} does not match the official {dataset} file (md5 {got_gz or got_raw}, expected "
-                            f"{known.get('gz') or known.get('raw')} or content md5 {known.get('raw')}): it is corrupted or not the "
-                            f"official data; replace it")
+    if dataset: _check_official(path, dataset, packed, raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
         raise DataError(f"{path} is not an uint8 IDX file (bad magic number)")
     ndim = raw[3]
@@ -91,10 +95,18 @@ class SourceData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
-    source: str  # e.g. "mnist-bundled-10k", "torchvision:/data/MNIST"
+    source: str  # e.g. "mnist-bundled-10k", "torchvision:/data/MNIST/raw"
 
     @property
     def is_sample(self) -> bool: return self.source.startswith("mnist-bundled")
+
+    def fingerprint(self) -> str:
+        "A hash of the images and labels themselves: equal for the same data wherever it was read from, different for any other."
+        h = hashlib.blake2b(self.dataset.encode(), digest_size=16)
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            t = t.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode()); h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
 def _to_nchw(x: np.ndarray) -> torch.Tensor:
     x = np.asarray(x)
@@ -117,17 +129,25 @@ def load_bundled_mnist() -> SourceData:
     return SourceData("mnist", x[tr], y[tr], x[te], y[te], "mnist-bundled-10k")
 
 # %% ../../nbs/01_data.ipynb #7bf156e2
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-def _load_idx_dir(name: str, folder: Path) -> SourceData | None:
-    "Load the four IDX files (gzipped or not) from `folder`, or None if they are not all there."
-    files = []
-    for stem in _IDX_FILES:
-        f = next((folder / (stem + ext) for ext in (".gz", "") if (folder / (stem + ext)).exists()), None)
-        if f is None: return None
-        files.append(f)
-    xtr, ytr, xte, yte = (read_idx(f, name) for f in files)
-    return SourceData(name, _to_nchw(xtr), _labels(ytr), _to_nchw(xte), _labels(yte), f"idx:{folder}")
+def _load_idx_dir(name: str, folder: Path, verify_checksums: bool = True, label: str = "idx") -> SourceData | None:
+    """Load the four IDX files (gzipped or not) from `folder`; None if it holds none of them.
+    A partial set, or any copy that is not the official file, is a `DataError` naming the file: never a reason to look elsewhere."""
+    folder = Path(folder).expanduser()
+    present = {stem: [folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()] for stem in _IDX_FILES}
+    if not any(present.values()): return None
+    missing = [stem for stem, fs in present.items() if not fs]
+    if missing:
+        raise DataError(f"{folder} holds only part of {name}: {', '.join(missing)} (or .gz) missing; add the missing official files "
+                        f"or remove the folder's IDX files")
+    check = name if verify_checksums else None
+    arrays = []
+    for stem, (use, *others) in present.items():
+        arrays.append(read_idx(use, check))
+        for other in others:  # a second copy (torchvision keeps the .gz beside the file it extracts) is checked too
+            if check: read_idx(other, check)
+    xtr, ytr, xte, yte = arrays
+    return SourceData(name, _to_nchw(xtr), _labels(ytr), _to_nchw(xte), _labels(yte),
+                      f"{label}:{folder.resolve()}" + ("" if verify_checksums else " (checksums not verified)"))
 
 def _with_checksums_of_files_on_disk(cls, root: Path):
     "A subclass of torchvision dataset `cls` whose expected md5s are those of the files under `root`."
@@ -138,9 +158,25 @@ def _with_checksums_of_files_on_disk(cls, root: Path):
     if hasattr(cls, "meta"): attrs["meta"] = {**cls.meta, "md5": md5(cls.meta["filename"])}
     return type(cls.__name__, (cls,), attrs)
 
+def torchvision_folder(name: str, root) -> Path:
+    "The folder under `root` where torchvision keeps dataset `name`'s files (`MNIST/raw`, `cifar-10-batches-py`, ...)."
+    import torchvision
+    cls = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
+    return Path(root).expanduser() / (cls.base_folder if hasattr(cls, "base_folder") else f"{cls.__name__}/raw")
+
 def _load_torchvision(name: str, root: Path, download: bool, verify_checksums: bool = True) -> SourceData | None:
     import torchvision
     cls = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
+    if DATASETS[name].shape[0] == 1:  # IDX files: torchvision reads them unchecked, so clarena reads (and checks) them itself
+        folder = torchvision_folder(name, root)
+        got = _load_idx_dir(name, folder, verify_checksums, "torchvision")
+        if got is None and download:
+            try: cls(str(root), train=True, download=True)
+            except (RuntimeError, OSError) as e:
+                if any(folder.glob("*")): raise DataError(f"downloading {name} into {folder} failed: {e}") from None
+                return None
+            got = _load_idx_dir(name, folder, verify_checksums, "torchvision")
+        return got
     if not verify_checksums and hasattr(cls, "base_folder") and (Path(root) / cls.base_folder).is_dir():
         cls = _with_checksums_of_files_on_disk(cls, root)
     try:
@@ -154,7 +190,7 @@ def _load_torchvision(name: str, root: Path, download: bool, verify_checksums: b
         return None
     as_np = lambda d: d.numpy() if torch.is_tensor(d) else d
     return SourceData(name, _to_nchw(as_np(tr.data)), _labels(tr.targets), _to_nchw(as_np(te.data)), _labels(te.targets),
-                      f"torchvision:{Path(root) / getattr(cls, 'base_folder', DATASETS[name].torchvision_name)}"
+                      f"torchvision:{torchvision_folder(name, root).resolve()}"
                       + ("" if verify_checksums else " (checksums not verified)"))
 
 # %% ../../nbs/01_data.ipynb #37ac482d
@@ -167,14 +203,14 @@ def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "a
     if source in ("auto", "torchvision"):
         got = _load_torchvision(dataset, root, download, verify_checksums)
         if got is not None: return got
-        looked.append(f"{root / info.torchvision_name / 'raw'} (torchvision layout{', download failed' if download else ''})")
+        looked.append(f"{torchvision_folder(dataset, root)} (torchvision layout{', download failed' if download else ''})")
     if source in ("auto", "idx") and info.shape[0] == 1:
-        got = _load_idx_dir(dataset, root)
+        got = _load_idx_dir(dataset, root, verify_checksums)
         if got is not None: return got
         looked.append(f"{root} (the four IDX files)")
     if source in ("auto", "system"):
         for d in info.system_dirs:
-            got = _load_idx_dir(dataset, Path(d))
+            got = _load_idx_dir(dataset, Path(d), verify_checksums, "idx")
             if got is not None: return got
             looked.append(f"{d} (IDX .gz files)")
     if source in ("auto", "bundled") and info.bundled:
@@ -182,7 +218,7 @@ def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "a
     if source == "bundled":
         raise ConfigError(f"no bundled sample of {dataset!r}; only {[k for k, v in DATASETS.items() if v.bundled]} ship with clarena")
     hint = "; ".join(looked)
-    how = f"put the files in {root / info.torchvision_name / 'raw'} or set data.download=true where there is a network"
+    how = f"put the files in {torchvision_folder(dataset, root)} or set data.download=true where there is a network"
     if dataset == "fashion_mnist": how += ", or install Debian's package: apt-get install dataset-fashion-mnist"
     raise DataError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
 
@@ -285,6 +321,14 @@ def crop_flip(xb: torch.Tensor, pad: int = 4) -> torch.Tensor:
     flip = torch.rand(n, device=dev) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
+# %% ../../nbs/01_data.ipynb #5e1a7c0d
+def check_val_size(val_size) -> float | int:
+    "Raise `ConfigError` unless `val_size` is a fraction in [0, 1) or a whole number of samples >= 1; return it."
+    ok = not isinstance(val_size, bool) and isinstance(val_size, (int, float)) and (
+        0 <= val_size < 1 or (val_size >= 1 and float(val_size).is_integer()))
+    if not ok: raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a whole number of samples >= 1, got {val_size!r}")
+    return val_size
+
 # %% ../../nbs/01_data.ipynb #a0efd761
 class CLDataModule(L.LightningDataModule):
     "Base continual-learning datamodule: a sequence of tasks built from one source dataset."
@@ -303,7 +347,7 @@ class CLDataModule(L.LightningDataModule):
         check_positive_int("num_tasks", num_tasks)
         if self.max_tasks is not None and num_tasks > self.max_tasks:
             raise ConfigError(f"{type(self).__name__} on {dataset} can make at most {self.max_tasks} tasks, got num_tasks={num_tasks}")
-        if val_size < 0: raise ConfigError(f"val_size must be >= 0 (a fraction below 1 or a count), got {val_size}")
+        check_val_size(val_size)
         self.dataset, self.num_tasks, self.scenario, self.root = dataset, num_tasks, scenario, root
         self.source_name, self.download, self.val_size, self.seed, self.device = source, download, val_size, seed, device
         self.batch_size, self.eval_batch_size = check_positive_int("batch_size", batch_size), check_positive_int("eval_batch_size", eval_batch_size)
@@ -404,6 +448,13 @@ class CLDataModule(L.LightningDataModule):
 
     @property
     def data_source(self) -> str: return self.data.source if self.data is not None else "not loaded"
+
+    def data_record(self) -> dict:
+        "Where the data came from and its fingerprint (loads the source if needed): what a run records, and eval and resume check."
+        self.setup()
+        if getattr(self, "_data_record", None) is None:
+            self._data_record = dict(source=self.data.source, fingerprint=self.data.fingerprint())
+        return self._data_record
 
     @property
     def data_is_sample(self) -> bool: return self.data is not None and self.data.is_sample
