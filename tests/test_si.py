@@ -56,6 +56,26 @@ def test_si_resume_gives_the_uninterrupted_matrix(runs, tmp_path):
         for n in a[k]: assert torch.equal(a[k][n], b[k][n]), (k, n)
 
 
+def test_si_cil_grows_its_importance_and_resumes(tmp_path, no_data_root):
+    "CIL: the head gains rows each task; their importance starts at 0, the old rows keep theirs, and a resume rebuilds it all."
+    cfg = compose_config("smnist_cil_finetuning", ["model/algorithm=si", "data.num_tasks=3", "trainer.limit_train_batches=20",
+                                                   "trainer.deterministic=true", "measure_fwt=false", "trainer.enable_progress_bar=false",
+                                                   f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'whole'}"])
+    whole = run_experiment(cfg)
+    imp = [load_checkpoint(tmp_path / "whole" / "checkpoints" / f"task_{t}.ckpt")["state_dict"]["_extra_state"]["state"]["importance"]["head.weight"]
+           for t in range(3)]
+    assert [len(w) for w in imp] == [2, 4, 6]
+    assert imp[0].sum() > 0 and imp[1][:2].sum() > 0 and imp[1][2:].sum() > 0  # the old rows keep theirs, the new rows learned theirs
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    (cut / "metrics.json").unlink()
+    for t in (1, 2):
+        (cut / "checkpoints" / f"task_{t}.ckpt").unlink()
+        shutil.rmtree(cut / "csv" / f"task_{t}", ignore_errors=True)
+    resumed = run_experiment(resume_config(cut))
+    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]
+
+
 @pytest.mark.parametrize("override, message", [("model.algorithm.strength=-1", "SI's strength (c) must be a number >= 0.0, got -1"),
                                                ("model.algorithm.damping=0", "SI's damping (xi) must be a number > 0.0, got 0")])
 def test_si_bad_settings(tmp_path, override, message):

@@ -28,9 +28,15 @@ class SI(CLAlgorithm):
         self.damping = check_number("SI's damping (xi)", damping, 0.0, inclusive=False)  # xi, eq. 5
         # by parameter name: Omega (importance), theta~ (anchor), this task's omega, theta at the task's start
         self.importance, self.anchor, self.omega, self.start = {}, {}, {}, {}
-        self._trained = None
+        self._trained, self._placed = None, False
 
-    def on_task_start(self, task_id, data):
+    def on_task_start(self, task_id, data): self._placed = False
+
+    def before_step(self, batch_idx, num_batches):
+        if not self._placed: self._place()
+
+    def _place(self):
+        "At the task's first step, on the device it trains on: omega = 0, theta at the task's start kept, Omega and theta~ grown to new parameters."
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         with torch.no_grad():
             self.importance = {n: grown(self.importance.get(n), p) for n, p in named}
@@ -38,7 +44,7 @@ class SI(CLAlgorithm):
             self.omega = {n: torch.zeros_like(p) for n, p in named}
             self.start = {n: p.detach().clone() for n, p in named}
         self._names, self._params = [n for n, _ in named], [p for _, p in named]
-        self._trained = None  # the parameters this task trains, found at its first step
+        self._trained, self._placed = None, True  # the parameters this task trains: found at its first backward
 
     def extra_loss(self, x, y, logits):
         if not self.anchor: return 0.0  # the first task: nothing to protect
@@ -68,12 +74,13 @@ class SI(CLAlgorithm):
             torch._foreach_addcmul_(omega, g, before)   # omega += -g Delta theta (eq. 3)
 
     def on_task_end(self, task_id, data):
-        for n, p in zip(self._names, self._params):  # once per task
-            delta = p.detach() - self.start[n]
-            self.importance[n] = torch.clamp(self.importance[n] + self.omega[n] / (delta ** 2 + self.damping), min=0)  # eq. 5
+        if not self._placed: self._place()  # a task with no training step: omega = 0
+        for n, p in zip(self._names, self._params):  # once per task, on the device the model is on now
+            start, importance, omega = (d[n].to(p.device) for d in (self.start, self.importance, self.omega))
+            self.importance[n] = torch.clamp(importance + omega / ((p.detach() - start) ** 2 + self.damping), min=0)  # eq. 5
+            self.omega[n], self.start[n] = torch.zeros_like(p), start
         self.anchor = {n: p.detach().clone() for n, p in zip(self._names, self._params)}
-        self.omega = {n: torch.zeros_like(w) for n, w in self.omega.items()}
-        self._trained = None
+        self._trained, self._placed = None, False
 
     def state(self) -> dict: return dict(importance=self.importance, anchor=self.anchor, omega=self.omega, start=self.start)
     def load_state(self, state: dict):
