@@ -22,7 +22,7 @@ def grown(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 # %% ../../nbs/06b_si.ipynb #eadad9cd
 class SI(CLAlgorithm):
     "Synaptic Intelligence (Zenke, Poole & Ganguli, ICML 2017): a quadratic penalty weighted by each parameter's path-integral importance."
-    def __init__(self, backbone, head, optimizer, scheduler=None, strength: float = 1.0, damping: float = 0.1, **kwargs):
+    def __init__(self, backbone, head, optimizer, scheduler=None, strength: float = 100.0, damping: float = 0.1, **kwargs):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
         self.strength = check_number("SI's strength (c)", strength)         # c, eq. 4
         self.damping = check_number("SI's damping (xi)", damping, 0.0, inclusive=False)  # xi, eq. 5
