@@ -128,11 +128,12 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "
 # %% ../nbs/07_loop.ipynb #8401523b
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
-def task_data(algo, dm, task_id: int | None = None) -> TaskData:
-    "Task `task_id`'s (default: the current task's) training data as the algorithm's task hooks receive it; earlier tasks' on request."
+def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
+    "Task `task_id`'s (default: the current task's) training data on `device` (default: the training device) as the task hooks receive it; earlier tasks' on request."
     t = dm.task_id if task_id is None else task_id
     view = dm.train_view if t == dm.task_id else dm._view(t, "train")
-    return TaskData(t, view, algo.device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k) for k in range(t)])
+    device = device or getattr(dm, "train_device", None) or algo.device  # not algo.device alone: Lightning parks the module on the CPU between fits
+    return TaskData(t, view, device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k, device) for k in range(t)])
 
 def fit_task(trainer: L.Trainer, algo, dm):
     "Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`."
@@ -146,7 +147,7 @@ def fit_task(trainer: L.Trainer, algo, dm):
         if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))  # Lightning's rounding
         train = ChunkedBatches(train, algo.steps_per_call, limit)
         trainer.limit_train_batches = 1.0  # every chunk: ChunkedBatches has applied the limit to batches already
-    data = task_data(algo, dm)
+    data = task_data(algo, dm, device=trainer.strategy.root_device)
     algo.start_task(data)
     trainer.fit(algo, train, dm.val_dataloader())
     algo.finish_task(data)

@@ -46,7 +46,7 @@ def test_arena_cli_sweeps_skips_finished_runs_and_reports_failures(tmp_path):
     args = [str(BIN / "clarena-arena"), "model/algorithm=finetuning,hat", "model.optimizer.lr=0.05,1e30", "seed=0", "data=split_mnist",
             *SMALL, f"paths.data_dir={tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}", "arena.name=t"]
     r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 1 and "2 of 4 sweep jobs failed" in r.stderr, r.stderr[-3000:]  # a failed run is reported, and the exit status says so
     arena = tmp_path / "logs" / "arena" / "t"
     report = (arena / "report.md").read_text()
     assert "| Split mnist (TIL, 2 tasks) | Finetuning | 1 (+1 failed) |" in report and "| HAT | 1 (+1 failed) |" in report

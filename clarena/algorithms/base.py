@@ -104,12 +104,14 @@ class CLAlgorithm(L.LightningModule):
             self.add_task_parameters(task_id)
 
     def start_task(self, data: TaskData):
-        "Call `on_task_start` in train mode."
+        "Call `on_task_start` in train mode, on the device of the task's data."
+        self.to(data.device)  # Lightning leaves the module on the CPU after each fit and test
         self.train()
         self.on_task_start(data.task_id, data)
 
     def finish_task(self, data: TaskData):
-        "Call `on_task_end` in eval mode with gradients off, then return to train mode."
+        "Call `on_task_end` in eval mode with gradients off, on the device of the task's data, then return to train mode."
+        self.to(data.device)
         self.eval()
         try:
             with torch.no_grad(): self.on_task_end(data.task_id, data)

@@ -1,0 +1,49 @@
+"""What every algorithm owes the arena, checked for each one: it learns above chance, its steps in chunks
+(speed.steps_per_call=auto, the default) give exactly the matrices of one step per Lightning step, and a run
+resumed from the checkpoint after task 1 (its state restored through state()/load_state()) ends with exactly the
+matrices of the uninterrupted run."""
+import shutil
+
+import pytest
+
+from clarena.loop import run_experiment
+from clarena.train import compose_config, resume_config
+
+# (name, experiment, overrides): every algorithm and reference clarena ships
+ALGORITHMS = [
+    ("finetuning", "pmnist_finetuning", []),
+    ("hat", "pmnist_hat", ["trainer.limit_train_batches=120"]),  # its s annealing needs more steps to converge
+    ("ewc", "pmnist_finetuning", ["model/algorithm=ewc"]),
+    ("online_ewc", "pmnist_finetuning", ["model/algorithm=online_ewc"]),
+    ("si", "pmnist_finetuning", ["model/algorithm=si"]),
+    ("mas", "pmnist_finetuning", ["model/algorithm=mas"]),
+    ("lwf", "pmnist_finetuning", ["model/algorithm=lwf"]),
+    ("packnet", "pmnist_finetuning", ["model/algorithm=packnet"]),
+    ("joint", "pmnist_finetuning", ["reference=joint"]),
+    ("independent", "pmnist_finetuning", ["reference=independent"]),
+    ("random", "pmnist_finetuning", ["reference=random"]),
+]
+
+
+def run(tmp_path, name, data_root, experiment, *extra):
+    cfg = compose_config(experiment, ["data.num_tasks=3", "trainer.limit_train_batches=30", "model.backbone.hidden_dims=[64,64]",
+                                      "trainer.deterministic=true", "trainer.enable_progress_bar=false", "measure_fwt=false",
+                                      f"paths.output_dir={tmp_path / name}", f"paths.data_dir={data_root}", *extra])
+    return run_experiment(cfg)
+
+
+@pytest.mark.parametrize("name,experiment,extra", ALGORITHMS, ids=[a[0] for a in ALGORITHMS])
+def test_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_root, name, experiment, extra):
+    whole = run(tmp_path, "whole", no_data_root, experiment, *extra)  # speed.steps_per_call=auto: chunks where the algorithm allows
+    chance = 0.1  # Permuted MNIST: 10 classes
+    if name == "random": assert max(max(r) for r in whole["acc_matrix"]) < chance + 0.15, whole["acc_matrix"]
+    else: assert min(whole["acc_matrix"][t][t] for t in range(3)) > chance + 0.3, whole["acc_matrix"]
+    one = run(tmp_path, "one", no_data_root, experiment, *extra, "speed.steps_per_call=1")
+    assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
+    # as if killed during task 2: the checkpoint of task 1 is the last one, no results yet
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "whole", killed)
+    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
+    resumed = run_experiment(resume_config(killed))
+    assert resumed["resumed_at_task"] == 2
+    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
