@@ -133,7 +133,8 @@ def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
     t = dm.task_id if task_id is None else task_id
     view = dm.train_view if t == dm.task_id else dm._view(t, "train")
     device = device or getattr(dm, "train_device", None) or algo.device  # not algo.device alone: Lightning parks the module on the CPU between fits
-    return TaskData(t, view, device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k, device) for k in range(t)])
+    return TaskData(t, view, device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k, device) for k in range(t)],
+                    num_tasks=dm.num_tasks)
 
 def fit_task(trainer: L.Trainer, algo, dm):
     "Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`."

@@ -31,8 +31,10 @@ def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True)
 # %% ../../nbs/05_algorithm.ipynb #1d2e3f40
 class TaskData:
     "Task `task_id`'s training set, as the hooks at a task boundary receive it: prepared `(x, y)` batches on `device`."
-    def __init__(self, task_id: int, view: TaskView, device, num_classes: int | None = None, earlier: Callable | None = None):
+    def __init__(self, task_id: int, view: TaskView, device, num_classes: int | None = None, earlier: Callable | None = None,
+                 num_tasks: int | None = None):
         self.task_id, self.view, self.device, self.num_classes = task_id, view, torch.device(device), num_classes
+        self.num_tasks = num_tasks  # of the whole benchmark, where known (a buffer can check its size against the data)
         self._earlier = earlier
 
     def earlier(self) -> list:

@@ -28,9 +28,14 @@ class SI(CLAlgorithm):
         self.damping = check_number("SI's damping (xi)", damping, 0.0, inclusive=False)  # xi, eq. 5
         # by parameter name: Omega (importance), theta~ (anchor), this task's omega, theta at the task's start
         self.importance, self.anchor, self.omega, self.start = {}, {}, {}, {}
-        self._trained, self._placed = None, False
+        self._trained, self._placed, self._cap = None, False, None
 
     def on_task_start(self, task_id, data): self._placed = False
+
+    def check_optimizer(self, optimizer):
+        "With plain SGD at learning rate eta, the penalty's own step overshoots once 2 eta c Omega >= 2: keep c Omega below 1 / (2 eta)."
+        sgd = type(optimizer) is torch.optim.SGD and not any(g.get("momentum", 0) for g in optimizer.param_groups)
+        self._cap = 0.5 / (max(g["lr"] for g in optimizer.param_groups) * self.strength) if sgd and self.strength > 0 else None
 
     def before_step(self, batch_idx, num_batches):
         if not self._placed: self._place()
@@ -40,6 +45,8 @@ class SI(CLAlgorithm):
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         with torch.no_grad():
             self.importance = {n: grown(self.importance.get(n), p) for n, p in named}
+            # the importance the penalty uses this task: capped where the penalty alone would make plain SGD diverge
+            self.stiffness = {n: v.clamp(max=self._cap) if self._cap else v for n, v in self.importance.items()}
             if self.anchor: self.anchor = {n: grown(self.anchor.get(n), p) for n, p in named}
             self.omega = {n: torch.zeros_like(p) for n, p in named}
             self.start = {n: p.detach().clone() for n, p in named}
@@ -50,7 +57,7 @@ class SI(CLAlgorithm):
         if not self.anchor: return 0.0  # the first task: nothing to protect
         with torch.no_grad():
             d = torch._foreach_sub(self._params, [self.anchor[n] for n in self._names])
-            self._penalty_grad = torch._foreach_mul(d, [self.importance[n] for n in self._names])  # Omega (theta - theta~)
+            self._penalty_grad = torch._foreach_mul(d, [self.stiffness[n] for n in self._names])  # Omega (theta - theta~)
             torch._foreach_mul_(d, self._penalty_grad)  # Omega (theta - theta~)^2, >= 0: its sum is its L1 norm
             return {"si_penalty": self.strength * torch.stack(torch._foreach_norm(d, 1)).sum()}
 
