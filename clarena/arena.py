@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/arena.html.md"""
 
 # %% ../nbs/10_arena.ipynb #025c89c7
 from __future__ import annotations
-import hashlib, io, json, logging, sys, traceback
+import base64, hashlib, html, io, json, logging, math, re, sys, traceback
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,11 @@ from . import metrics as M
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'REPORT_METRICS', 'run_identity', 'benchmark_name', 'arena_job',
-           'collect', 'summarize_runs', 'report_markdown', 'plot_arena', 'write_report', 'run_arena', 'ArenaReport',
-           'main']
+__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'PAGE_CSS', 'FIRST_FIGURES',
+           'run_identity', 'benchmark_name', 'arena_job', 'collect', 'summarize_runs', 'report_cells', 'data_note',
+           'report_markdown', 'plot_arena', 'write_report', 'figure_png', 'img_html', 'fmt', 'table_html', 'html_page',
+           'run_figures', 'run_summary_rows', 'acc_matrix_rows', 'run_summary_html', 'report_html', 'run_arena',
+           'ArenaReport', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
 VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "tags", "hydra")
@@ -113,18 +115,26 @@ def _fmt(ms, scale=1.0, digits=4):
     m, s = ms
     return "n/a" if m is None else f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
+REPORT_HEADER = ("benchmark", "algorithm", "runs", "final avg acc", "BWT", "forgetting", "wall time (s)", "peak memory (MB)")
+
+def report_cells(g: dict) -> list[str]:
+    "One group's row of the arena's table, as text: the numbers rounded for reading."
+    return [g["benchmark"], g["algorithm"], f"{g['finished']}" + (f" (+{g['failed']} failed)" if g["failed"] else ""),
+            _fmt(g["final_avg_acc"]), _fmt(g["bwt"]), _fmt(g["forgetting"]), _fmt(g["total_wall_s"], digits=1), _fmt(g["peak_host_memory_mb"], digits=0)]
+
+def data_note(rows: list[dict]) -> str:
+    "Which data the runs used, and a warning when it is the bundled MNIST sample ('' when no run finished)."
+    sources = sorted({r["data_source"] for r in rows if r.get("data_source")})
+    if not sources: return ""
+    return f"Data: {', '.join(sources)}" + (" (the bundled MNIST sample: not comparable with papers)" if any(s.startswith("mnist-bundled") for s in sources) else "")
+
 def report_markdown(groups: list[dict], rows: list[dict]) -> str:
     "The arena's table (mean ± std over seeds) and the list of failed runs, as markdown."
-    lines = ["| benchmark | algorithm | runs | final avg acc | BWT | forgetting | wall time (s) | peak memory (MB) |", "|---|---|---|---|---|---|---|---|"]
-    for g in groups:
-        lines.append(f"| {g['benchmark']} | {g['algorithm']} | {g['finished']}" + (f" (+{g['failed']} failed)" if g["failed"] else "") +
-                     f" | {_fmt(g['final_avg_acc'])} | {_fmt(g['bwt'])} | {_fmt(g['forgetting'])} | {_fmt(g['total_wall_s'], digits=1)} "
-                     f"| {_fmt(g['peak_host_memory_mb'], digits=0)} |")
+    lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)] + ["| " + " | ".join(report_cells(g)) + " |" for g in groups]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "Failed runs:", ""] + [f"- `{r['identity']}` {r['algorithm']} on {r['benchmark']}, seed {r['seed']}: {r['error']}" for r in failed]
-    sources = sorted({r["data_source"] for r in rows if r.get("data_source")})
-    if sources: lines += ["", f"Data: {', '.join(sources)}" + (" (the bundled MNIST sample: not comparable with papers)" if any(s.startswith("mnist-bundled") for s in sources) else "")]
+    if data_note(rows): lines += ["", data_note(rows)]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/10_arena.ipynb #816947c1
@@ -140,7 +150,7 @@ def plot_arena(rows: list[dict]) -> dict:
             curves = np.array([r["avg_acc"] for r in ok if r["benchmark"] == b and r["algorithm"] == algo])
             m, s = curves.mean(0), curves.std(0)
             ax.plot(range(len(m)), m, marker="o", label=f"{algo} (n={len(curves)})"); ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
-        ax.set(title=b, xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02)); ax.grid(alpha=0.3); ax.legend(fontsize=7)
+        ax.set(title=b, xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02), xticks=range(len(m))); ax.grid(alpha=0.3); ax.legend(fontsize=7)
     fig.tight_layout(); figs["arena_avg_acc.png"] = fig
     pairs = sorted({(r["benchmark"], r["algorithm"]) for r in ok})
     fig = Figure(figsize=(3.6 * len(pairs), 3.6))
@@ -155,7 +165,7 @@ def plot_arena(rows: list[dict]) -> dict:
     return figs
 
 def write_report(arena_dir) -> dict:
-    "Write the arena's report files into `arena_dir`; return the groups."
+    "Write the arena's report files into `arena_dir` (`report.md`, `report.csv`, `runs.csv`, the figures, `report.html`, each run's `summary.html`); return the groups and rows."
     arena_dir = Path(arena_dir)
     rows = collect(arena_dir)
     groups = summarize_runs(rows)
@@ -167,9 +177,99 @@ def write_report(arena_dir) -> dict:
     run_cols = ["identity", "status", "benchmark", "algorithm", "seed", *REPORT_METRICS, "error"]
     atomic_write(arena_dir / "runs.csv", "\n".join([",".join(run_cols)] + [",".join(json.dumps(r.get(c, "")) if isinstance(r.get(c), str) else
                                                                                   str(r.get(c, "")) for c in run_cols) for r in rows]) + "\n")
-    for name, fig in plot_arena(rows).items():
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); atomic_write(arena_dir / name, buf.getvalue())
+    figs = {name: figure_png(fig) for name, fig in plot_arena(rows).items()}
+    for name, png in figs.items(): atomic_write(arena_dir / name, png)
+    for r in rows:  # each finished run's own page, linked from the report's list of runs
+        if r["status"] == "finished": run_summary_html(arena_dir / "runs" / r["identity"])
+    atomic_write(arena_dir / "report.html", report_html(arena_dir, groups, rows, figs))
     return dict(groups=groups, rows=rows)
+
+# %% ../nbs/10_arena.ipynb #7b4f2d10
+PAGE_CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;display:block;margin:1em 0}
+.note{color:#666;font-style:italic}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:12px}"""
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    "A `matplotlib.figure.Figure` as PNG bytes (clarena's figures are made without pyplot)."
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi); return buf.getvalue()
+
+def img_html(png: bytes, alt: str = "") -> str:
+    "An `<img>` that holds the PNG itself (base64), so the page needs no file beside it."
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+def fmt(x, digits: int = 4) -> str:
+    "A number rounded for reading; `n/a` for a missing or undefined one (None, NaN)."
+    if x is None or (isinstance(x, float) and math.isnan(x)): return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+def table_html(header, rows) -> str:
+    "An HTML table of text cells (escaped), numbers aligned right; `header=None`: no header row."
+    num = lambda c: bool(re.fullmatch(r"[-+]?[\d.]+( ± [\d.]+)?( \(.*\))?", str(c)))
+    return ("<table>" + ("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else "") +
+            "".join("<tr>" + "".join(f'<td class="num">{html.escape(str(c))}</td>' if num(c) else f"<td>{html.escape(str(c))}</td>" for c in row)
+                    + "</tr>" for row in rows) + "</table>")
+
+def html_page(title: str, body: str) -> str:
+    "A complete, self-contained HTML page."
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{PAGE_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+
+# %% ../nbs/10_arena.ipynb #2c9e6a3d
+FIRST_FIGURES = ("acc_matrix.png", "avg_acc.png", "task_acc.png")
+
+def run_figures(run_dir) -> list[Path]:
+    "Every figure (`*.png`) a run wrote, its own (an algorithm's, e.g. HAT's masks) included: the accuracy plots first, then by name."
+    pngs = sorted(Path(run_dir).glob("*.png"))
+    return sorted(pngs, key=lambda p: (FIRST_FIGURES.index(p.name) if p.name in FIRST_FIGURES else len(FIRST_FIGURES), p.name))
+
+def run_summary_rows(m: dict) -> list[tuple[str, str]]:
+    "A finished run's key facts and numbers, rounded for reading: (name, value) pairs."
+    c = m.get("config") or {}
+    rows = [("algorithm", m["algorithm"] + (f" (reference: {m['reference']})" if m.get("reference") else "")),
+            ("benchmark", benchmark_name(c) if "data" in c else f"{m['scenario']}, {m['num_tasks']} tasks"),
+            ("data", m["data_source"] + (" (bundled sample: not comparable with papers)" if m.get("data_is_sample") else "")),
+            ("seed", str(m["seed"])), ("final average accuracy", fmt(m.get("final_avg_acc"))), ("BWT", fmt(m.get("bwt"))),
+            ("FWT", fmt(m.get("fwt"))), ("forgetting", fmt(m.get("forgetting"))),
+            ("final accuracy per task", ", ".join(fmt(a, 3) for a in m["acc_matrix"][-1])),
+            ("wall time (s)", fmt(m.get("total_wall_s"), 1)), ("commit", str(m.get("commit", "n/a"))[:12])]
+    return rows
+
+def acc_matrix_rows(m: dict, digits: int = 3) -> tuple[list, list]:
+    "The accuracy matrix as a table: a header and one row per trained task (blank above the diagonal)."
+    n = len(m["acc_matrix"])
+    return (["after task \\ on task", *range(n)], [[i, *(fmt(a, digits) for a in row), *[""] * (n - len(row))] for i, row in enumerate(m["acc_matrix"])])
+
+def run_summary_html(run_dir) -> Path:
+    "Write `summary.html` into the finished run `run_dir`: its key numbers, the accuracy matrix, every figure it wrote and its config, in one page; return its path."
+    run_dir = Path(run_dir)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    body = [table_html(None, run_summary_rows(m))]
+    if m.get("note"): body.append(f'<p class="note">{html.escape(m["note"])}</p>')
+    body += ["<h2>Accuracy matrix</h2>", table_html(*acc_matrix_rows(m)), "<h2>Figures</h2>"]
+    body += [img_html(p.read_bytes(), p.stem) for p in run_figures(run_dir)]
+    body += ["<h2>Config</h2>", f"<details><summary>the resolved config</summary><pre>{html.escape(json.dumps(m.get('config'), indent=1, default=str))}</pre></details>",
+             f'<p class="note">{html.escape(str(run_dir))}</p>']
+    path = run_dir / "summary.html"
+    atomic_write(path, html_page(f"{m['algorithm']} on {m['data_source']}, seed {m['seed']}", "\n".join(body)))
+    return path
+
+def report_html(arena_dir, groups: list[dict], rows: list[dict], figs: dict) -> str:
+    "The arena's report as one self-contained page: the table, failed runs, data, the comparison figures (`figs`: name -> PNG bytes) and every run."
+    body = [table_html(REPORT_HEADER, [report_cells(g) for g in groups])]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        body += ["<h2>Failed runs</h2>", "<ul>" + "".join(f"<li><code>{r['identity']}</code> {html.escape(r['algorithm'])} on {html.escape(r['benchmark'])}, "
+                                                        f"seed {r['seed']}: {html.escape(r['error'])}</li>" for r in failed) + "</ul>"]
+    if data_note(rows): body.append(f'<p class="note">{html.escape(data_note(rows))}</p>')
+    body += ["<h2>Figures</h2>"] + [img_html(png, name.removesuffix(".png")) for name, png in figs.items()]
+    run_rows = [[f'<a href="runs/{r["identity"]}/summary.html">{r["identity"]}</a>' if r["status"] == "finished" else r["identity"], r["status"],
+                 html.escape(r.get("benchmark", "")), html.escape(r.get("algorithm", "")), r.get("seed", ""), fmt(r.get("final_avg_acc")), fmt(r.get("bwt")),
+                 fmt(r.get("forgetting")), fmt(r.get("total_wall_s"), 1)] for r in rows]
+    body += ["<h2>Runs</h2>", "<table><tr>" + "".join(f"<th>{h}</th>" for h in ("run", "status", "benchmark", "algorithm", "seed", "final avg acc", "BWT",
+                                                                                "forgetting", "wall time (s)")) + "</tr>" +
+             "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in run_rows) + "</table>"]
+    return html_page(f"Arena report: {Path(arena_dir).name}", "\n".join(body))
 
 # %% ../nbs/10_arena.ipynb #3165dc03
 def run_arena(configs: list, arena_dir) -> dict:
@@ -192,7 +292,7 @@ class ArenaReport(Callback):
                 pm.execute_notebook(str(nb), str(arena_dir / "report.ipynb"), parameters=dict(arena_dir=str(arena_dir.resolve())), progress_bar=False)
             except Exception as e:  # the tables and figures are written already
                 log.warning("arena: the report notebook could not be executed: %s", e)
-        print(f"[clarena-arena] report: {arena_dir / 'report.md'}", flush=True)
+        print(f"[clarena-arena] report: {arena_dir / 'report.md'} and {arena_dir / 'report.html'}", flush=True)
 
 @hydra.main(config_path="conf", config_name="arena", version_base="1.3")
 def _arena(cfg: DictConfig) -> float | None:
