@@ -29,6 +29,9 @@ class DER(CLAlgorithm):
         self.register_buffer("widths", torch.zeros(0, dtype=torch.long), persistent=False)  # per task: the logits its rows have
         self._current, self._replay, self._tasks = None, None, None
 
+    @property
+    def name(self) -> str: return "DER++" if self.beta > 0 else "DER"  # what reports call it
+
     def add_task_parameters(self, task_id):
         sizes = torch.tensor(self.head_classes, device=self.device)
         self.widths = sizes.cumsum(0) if self.head.scenario == "CIL" else sizes  # the head's outputs while task k trained
