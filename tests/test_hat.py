@@ -143,3 +143,11 @@ def test_per_task_tensors_follow_the_module_to_its_device(tmp_path, no_data_root
     algo.to("meta")  # any device other than the one on_task_start saw
     moved = [t for wf, bf in algo._factors for t in (wf, bf)] + algo.cum_masks + list(algo.embeddings[0])
     assert len(moved) == 8 and all(t.device.type == "meta" for t in moved)
+
+
+def test_bwt_is_exactly_zero_in_til(tmp_path, no_data_root):
+    "What the league table promises for HAT (as for PackNet): in TIL an earlier task's accuracy never moves, to the last bit."
+    m = run_experiment(hat_cfg(tmp_path, no_data_root, "trainer.limit_train_batches=100", "trainer.deterministic=true"))
+    R = m["acc_matrix"]
+    assert all(R[i][j] == R[j][j] for j in range(3) for i in range(j, 3)), R
+    assert m["bwt"] == 0.0 and m["forgetting"] == 0.0 and min(R[t][t] for t in range(3)) > 0.4, R  # 10 classes: chance 0.1
