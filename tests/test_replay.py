@@ -49,7 +49,7 @@ def test_agem_between_finetuning_and_er_in_cil(runs):
     (ft, _), (er, _), (agem, _) = runs("finetuning"), runs("er"), runs("agem")
     a, f, e = (m["avg_acc"][-1] for m in (agem, ft, er))
     assert f + 0.08 < a < e - 0.1, (f, a, e)  # measured: 0.1995 < 0.3488 < 0.7537
-    assert agem["algorithm_report"][-1]["memory_rows_per_task"] == [40] * 5
+    assert agem["algorithm_report"][-1]["buffer_rows_per_task"] == [40] * 5
 
 
 @needs_fashion

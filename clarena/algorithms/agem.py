@@ -8,8 +8,8 @@ Docs: https://clarena-dev.github.io/clarena/agem.html.md"""
 from __future__ import annotations
 import torch
 from ..core import ConfigError, check_positive_int
-from .base import CLAlgorithm
-from .buffer import ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
+
+from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
 
 # %% auto #0
 __all__ = ['agem_project_', 'AGEM']
@@ -24,7 +24,7 @@ def agem_project_(grads: list, refs: list) -> torch.Tensor:
     return dot
 
 # %% ../../nbs/06h_agem.ipynb #359751e0
-class AGEM(CLAlgorithm):
+class AGEM(ReplayMethod):
     "A-GEM (Chaudhry et al., ICLR 2019): project the gradient so that the loss on a memory of earlier tasks does not increase (eq. 11)."
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, memory_batch_size: int | None = None, **kwargs):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
@@ -63,11 +63,3 @@ class AGEM(CLAlgorithm):
         seed = int(torch.randint(2**31 - 1, ()))  # from the run's seeded RNG: the memory differs across seeds
         x, y = next(data.batches(batch_size=min(share, len(data)), shuffle=True, seed=seed))
         self.buffer.add_balanced(x, y, task_id, by="task")
-
-    def state(self) -> dict: return {"buffer": self.buffer.state()}
-    def load_state(self, state: dict): self.buffer.load_state(state["buffer"])
-
-    def task_report(self, task_id: int) -> dict:
-        "How the memory's rows split over the tasks so far."
-        n = len(self.buffer)
-        return dict(task_id=task_id, memory_rows_per_task=self.buffer.task_id[:n].bincount(minlength=task_id + 1).tolist())

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import ConfigError
+from .base import CLAlgorithm
 
 # %% auto #0
-__all__ = ['check_buffer_size', 'check_buffer_fits', 'Replay', 'ReplayBuffer', 'check_one_pass_backbone', 'logits_by_task']
+__all__ = ['check_buffer_size', 'check_buffer_fits', 'Replay', 'ReplayBuffer', 'check_one_pass_backbone', 'logits_by_task',
+           'ReplayMethod']
 
 # %% ../../nbs/06f_buffer.ipynb #d48380de
 def check_buffer_size(what: str, size) -> int:
@@ -158,3 +160,16 @@ def logits_by_task(algo, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tenso
     cols = torch.arange(max(sizes), device=h.device)
     idx = (first[task_ids, None] + cols).clamp(max=out.shape[1] - 1)
     return out.gather(1, idx).masked_fill(cols >= num[task_ids, None], float("-inf"))
+
+# %% ../../nbs/06f_buffer.ipynb #3852cd06
+class ReplayMethod(CLAlgorithm):
+    "A CL algorithm with one replay buffer, `self.buffer`: saved and restored with the run; its rows per task reported after each task."
+    buffer: ReplayBuffer
+
+    def state(self) -> dict: return {"buffer": self.buffer.state()}
+    def load_state(self, state: dict): self.buffer.load_state(state["buffer"])
+
+    def task_report(self, task_id: int) -> dict:
+        "How the buffer's rows split over the tasks so far."
+        n = len(self.buffer)
+        return dict(task_id=task_id, buffer_rows_per_task=self.buffer.task_id[:n].bincount(minlength=task_id + 1).tolist())

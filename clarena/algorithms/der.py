@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from ..core import check_positive_int
-from .base import CLAlgorithm, check_number
-from .buffer import ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
+from .base import check_number
+from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
 
 # %% auto #0
 __all__ = ['DER']
 
 # %% ../../nbs/06i_der.ipynb #73999c14
-class DER(CLAlgorithm):
+class DER(ReplayMethod):
     "Dark Experience Replay (Buzzega et al., NeurIPS 2020): match the logits stored with replayed samples (DER); with `beta` > 0 also replay their labels (DER++)."
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, alpha: float = 0.2, beta: float = 0.0,
                  replay_batch_size: int | None = None, **kwargs):
@@ -74,11 +74,3 @@ class DER(CLAlgorithm):
     def after_step(self, x, y, logits):
         n = self._current
         self.buffer.add(x[:n], y[:n], self.task_id, logits[:n])
-
-    def state(self) -> dict: return {"buffer": self.buffer.state()}
-    def load_state(self, state: dict): self.buffer.load_state(state["buffer"])
-
-    def task_report(self, task_id: int) -> dict:
-        "How the buffer's rows split over the tasks so far."
-        n = len(self.buffer)
-        return dict(task_id=task_id, buffer_rows_per_task=self.buffer.task_id[:n].bincount(minlength=task_id + 1).tolist())

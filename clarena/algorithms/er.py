@@ -8,14 +8,14 @@ Docs: https://clarena-dev.github.io/clarena/er.html.md"""
 from __future__ import annotations
 import torch
 from ..core import check_positive_int
-from .base import CLAlgorithm
-from .buffer import ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
+
+from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
 
 # %% auto #0
 __all__ = ['ER']
 
 # %% ../../nbs/06g_er.ipynb #0bc8b456
-class ER(CLAlgorithm):
+class ER(ReplayMethod):
     "Experience Replay (Chaudhry et al. 2019): each step trains on the current batch and an equal batch replayed from a reservoir of past samples."
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, replay_batch_size: int | None = None, **kwargs):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
@@ -42,11 +42,3 @@ class ER(CLAlgorithm):
     def after_step(self, x, y, logits):
         n = self._current
         self.buffer.add(x[:n], y[:n], self.task_id)
-
-    def state(self) -> dict: return {"buffer": self.buffer.state()}
-    def load_state(self, state: dict): self.buffer.load_state(state["buffer"])
-
-    def task_report(self, task_id: int) -> dict:
-        "How the buffer's rows split over the tasks so far."
-        n = len(self.buffer)
-        return dict(task_id=task_id, buffer_rows_per_task=self.buffer.task_id[:n].bincount(minlength=task_id + 1).tolist())

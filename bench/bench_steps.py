@@ -1,0 +1,96 @@
+"""The cost of one training step of each algorithm, relative to Finetuning's on the same batch size, in one process.
+
+For each algorithm: task 0 of Split MNIST (the bundled sample) is trained, then the training epoch of task 1 (where a
+replay method replays, a regulariser penalises) is timed between Lightning's `on_train_epoch_start` and
+`on_train_epoch_end` over 4 epochs (about 100 steps): the steps alone, without the task-boundary work (a Fisher, herding) or testing. Algorithms are
+timed in interleaved rounds and medians are reported (a shared machine varies by tens of percent); the ratio to
+Finetuning is taken per round. Prints a table and writes one JSON line per algorithm to `--out`.
+
+    OMP_NUM_THREADS=1 python bench/bench_steps.py --repeat 5 --out bench/results/steps-cpu.jsonl
+    python bench/bench_steps.py --device cuda -- speed.capture=true
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from clarena.loop import build, fit_task, make_trainer, quiet_lightning
+from clarena.train import compose_config
+
+ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined for it, else TIL
+    "Finetuning": ("smnist_cil_finetuning", []), "ER": ("smnist_cil_finetuning", ["model/algorithm=er"]),
+    "A-GEM": ("smnist_cil_finetuning", ["model/algorithm=agem"]), "DER": ("smnist_cil_finetuning", ["model/algorithm=der"]),
+    "DER++": ("smnist_cil_finetuning", ["model/algorithm=derpp"]), "iCaRL": ("smnist_cil_finetuning", ["model/algorithm=icarl"]),
+    "EWC": ("smnist_cil_finetuning", ["model/algorithm=ewc"]), "SI": ("smnist_cil_finetuning", ["model/algorithm=si"]),
+    "MAS": ("smnist_cil_finetuning", ["model/algorithm=mas"]), "LwF": ("smnist_cil_finetuning", ["model/algorithm=lwf"]),
+    "Finetuning (TIL)": ("smnist_til_finetuning", []), "HAT (TIL)": ("smnist_til_finetuning", ["model/algorithm=hat"]),
+    "PackNet (TIL)": ("smnist_til_finetuning", ["model/algorithm=packnet"]),
+}
+
+
+class EpochClock(L.Callback):
+    "Times the training epochs of a fit, from the first epoch's start to the last one's end."
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 0: self.t0 = time.perf_counter()
+    def on_train_epoch_end(self, trainer, pl_module): self.seconds, self.steps = time.perf_counter() - self.t0, trainer.global_step
+
+
+def time_steps(experiment, overrides, device, batch, extra, tmp, epochs=4):
+    cfg = compose_config(experiment, [*overrides, "data.num_tasks=2", f"data.batch_size={batch}", "data.val_size=0", "measure_fwt=false",
+                                      "trainer.enable_progress_bar=false", f"trainer.max_epochs={epochs}", "paths.data_dir=/nonexistent",
+                                      f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", f"paths.output_dir={tmp}", *extra])
+    L.seed_everything(0, verbose=False)
+    dm, algo = build(cfg)
+    dm.setup()
+    for t in range(2):
+        trainer = make_trainer(cfg, Path(tmp), t)
+        clock = EpochClock(); trainer.callbacks.append(clock)
+        if t == 0: dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
+        dm.setup_task(t); algo.setup_task(t, dm.num_new_classes(t))
+        fit_task(trainer, algo, dm)
+    return 1000 * clock.seconds / clock.steps, clock.steps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algo", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("extra", nargs="*", help="overrides for every run (after --)")
+    a = ap.parse_args()
+    torch.set_num_threads(1) if a.device == "cpu" else None
+    quiet_lightning()
+    algos = ["Finetuning"] + [x for x in a.algo if x != "Finetuning"]
+    if any(x.endswith("(TIL)") for x in algos) and "Finetuning (TIL)" not in algos: algos.append("Finetuning (TIL)")
+    ms = {x: [] for x in algos}
+    steps = {}
+    for r in range(a.repeat):
+        for x in algos:
+            with tempfile.TemporaryDirectory() as tmp:
+                m, steps[x] = time_steps(*ALGORITHMS[x], a.device, a.batch, a.extra, tmp)
+                ms[x].append(m)
+    rows = []
+    for x in algos:
+        base = "Finetuning (TIL)" if x.endswith("(TIL)") and "Finetuning (TIL)" in ms else "Finetuning"
+        ratios = [m / b for m, b in zip(ms[x], ms[base])]
+        rows.append(dict(algorithm=x, steps=steps[x], ms_per_step=statistics.median(ms[x]), ratio_to_finetuning=statistics.median(ratios),
+                         ratio_range=[min(ratios), max(ratios)], batch=a.batch, repeat=a.repeat, device=a.device,
+                         machine=platform.node(), torch=torch.__version__, extra=a.extra))
+    print(f"{'algorithm':18s} {'ms/step':>8s} {'x Finetuning':>13s}  (per round)")
+    for r in rows: print(f"{r['algorithm']:18s} {r['ms_per_step']:8.3f} {r['ratio_to_finetuning']:13.2f}  ({r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f})")
+    if a.out:
+        with open(a.out, "a") as f:
+            for r in rows: f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
