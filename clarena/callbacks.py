@@ -1,4 +1,4 @@
-"""Lightning callbacks that algorithms and experiments share: the HAT paper's learning-rate schedule.
+"""Lightning callbacks that algorithms and experiments share: a progress bar that counts training steps, the HAT paper's learning-rate schedule, the profiler's report.
 
 Docs: https://clarena-dev.github.io/clarena/callbacks.html.md"""
 
@@ -6,11 +6,50 @@ Docs: https://clarena-dev.github.io/clarena/callbacks.html.md"""
 
 # %% ../nbs/05b_callbacks.ipynb #992e2440
 from __future__ import annotations
-import math
+import math, sys
+from pathlib import Path
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 # %% auto #0
-__all__ = ['PatienceLR']
+__all__ = ['StepProgressBar', 'PatienceLR', 'ProfilerReport']
+
+# %% ../nbs/05b_callbacks.ipynb #5b1c0a02
+class StepProgressBar(TQDMProgressBar):
+    "Lightning's TQDM bar, counting training steps (also when one Lightning step runs several), at steps/s, per task, without `v_num`."
+    BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.unit = " steps"
+        return bar
+
+    @staticmethod
+    def _chunked(trainer):
+        from clarena.data.base import ChunkedBatches
+        loader = trainer.train_dataloader
+        return loader if isinstance(loader, ChunkedBatches) else None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        chunks = self._chunked(trainer)
+        if chunks is not None: self.train_progress_bar.total = chunks.num_batches  # training steps, not chunks
+        task = getattr(pl_module, "task_id", None)
+        self.train_progress_bar.set_description((f"task {task} " if task is not None else "") + f"epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from clarena.data.base import IndexChunk
+        n = batch.first + len(batch.indices) if isinstance(batch, IndexChunk) else batch_idx + 1  # training steps done in this epoch
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable and (n % self.refresh_rate == 0 or n == bar.total or isinstance(batch, IndexChunk)):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)  # the logger's version is the task (task_<t>), already in the description
+        return items
 
 # %% ../nbs/05b_callbacks.ipynb #82ef96b8
 class PatienceLR(L.Callback):
@@ -39,3 +78,15 @@ class PatienceLR(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         if self.restore_best and self.best_state is not None: pl_module.load_state_dict(self.best_state)
+
+# %% ../nbs/05b_callbacks.ipynb #5b1c0a06
+class ProfilerReport(L.Callback):
+    "Lightning callback: print the profiler's report after each task's fit, and save it in the run directory."
+    def on_fit_end(self, trainer, pl_module):
+        from clarena.checkpoints import atomic_write
+        if not trainer.is_global_zero or trainer.profiler is None: return
+        text = trainer.profiler.summary()
+        if not text.strip(): return
+        path = Path(trainer.default_root_dir) / f"profiler_task_{getattr(pl_module, 'task_id', 0)}.txt"
+        atomic_write(path, text + "\n")
+        print(f"[clarena] profiler report of task {getattr(pl_module, 'task_id', 0)} (saved to {path}):\n{text}", flush=True)

@@ -6,14 +6,15 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 
 # %% ../nbs/07_loop.ipynb #32323f17
 from __future__ import annotations
-import copy, io, json, logging, os, resource, subprocess, time, warnings
+import copy, inspect, io, json, logging, math, os, resource, subprocess, sys, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import instantiate, get_class
 from omegaconf import DictConfig, OmegaConf
 
 import clarena
@@ -25,10 +26,13 @@ from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
 from .algorithms.references import REFERENCES
 
+log = logging.getLogger("clarena")
+
 # %% auto #0
-__all__ = ['code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_trainer', 'test_tasks', 'task_data',
-           'fit_task', 'task_seed', 'load_reference_runs', 'run_experiment', 'plot_label', 'write_results',
-           'show_figure', 'show_run', 'load_metrics']
+__all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
+           'test_tasks', 'task_data', 'fit_task', 'task_seed', 'load_reference_runs', 'run_experiment', 'console_log',
+           'format_matrix', 'format_final', 'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run',
+           'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -106,12 +110,27 @@ def quiet_lightning(level=logging.WARNING):
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"): logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
+NAME_ARGS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # loggers whose `version` is not a name we choose
+
+def make_logger(node, run_dir: Path, version: str):
+    "The Lightning logger of config `node` for this run: in `run_dir`, as version (or run) `version`."
+    cls = get_class(node._target_)
+    params = inspect.signature(cls.__init__).parameters
+    kw = {k: v.replace("{run_dir}", str(run_dir)) for k, v in node.items() if isinstance(v, str) and "{run_dir}" in v}
+    if "save_dir" in params: kw["save_dir"] = str(Path(run_dir) / (node.get("save_dir") or ""))
+    name = NAME_ARGS.get(cls.__name__, "version")
+    if name in params: kw[name] = version
+    return make(node, f"logger {cls.__name__}", **kw)
+
 def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int, log: bool = True) -> L.Trainer:
     "The Lightning `Trainer` for task `task_id` (`log=False`: no loggers, so task `task_id`'s logs stay as they are)."
-    loggers = [instantiate(c, save_dir=str(run_dir), version=f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c and log]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+    loggers = [make_logger(c, run_dir, f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c and log]
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return L.Trainer(**kw, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=False)
+    callbacks = [make(c, f"callback {c.get('_target_')}") for c in (cfg.get("callbacks") or {}).values() if c]
+    if kw.get("enable_progress_bar") is False: callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    checkpointing = any(isinstance(c, Checkpoint) for c in callbacks)
+    return L.Trainer(**kw, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir), enable_checkpointing=checkpointing)
 
 # %% ../nbs/07_loop.ipynb #47a44046
 def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "test") -> dict:
@@ -167,7 +186,7 @@ def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
     for t in range(done):
         dm.setup_task(t)
         if untrained is not None: untrained.setup_task(t, dm.num_new_classes(t))
-    print(f"[clarena] resuming {run_dir} after task {done - 1}", flush=True)
+    log.info("resuming %s after task %d", run_dir, done - 1)
     return done, ckpt["progress"]
 
 def load_reference_runs(cfg: DictConfig, dm) -> dict:
@@ -189,6 +208,10 @@ def load_reference_runs(cfg: DictConfig, dm) -> dict:
 
 def run_experiment(cfg: DictConfig) -> dict:
     "Run the continual-learning experiment `cfg` end to end (or resume it); return the contents of its `metrics.json`."
+    with console_log():
+        return _run_experiment(cfg)
+
+def _run_experiment(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before build: the initial weights come from the seed
     dm, algo = build(cfg)
     t_data = time.perf_counter()
@@ -210,7 +233,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     # the wall time of the parts before a resume (up to their last checkpoint); checkpoints from before it was recorded: the tasks' own
     before = progress.get("total_wall_s", sum(progress["task_wall_s"])) if resume else 0.0
     references = load_reference_runs(cfg, dm)  # before training: a wrong reference is bad input
-    start, trainer = time.perf_counter(), None
+    start, trainer, report = time.perf_counter(), None, None
     for t in range(first, dm.num_tasks):
         L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
         trainer = make_trainer(cfg, run_dir, t)
@@ -234,7 +257,8 @@ def run_experiment(cfg: DictConfig) -> dict:
             progress["total_wall_s"] = before + time.perf_counter() - start
             save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress, data)
             atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
-            print(f"[clarena] task {t}: accuracy on tasks 0..{t} = {[round(a, 4) for a in progress['acc_matrix'][-1]]}", flush=True)
+            if report is None: report = RunReport(cfg, run_dir, config, progress["acc_matrix"][:-1])  # process 0 only
+            report.task_done(t, progress["acc_matrix"][-1])
     if trainer is None:  # resumed after the last task: only the results are left to write
         trainer = make_trainer(cfg, run_dir, dm.num_tasks - 1, log=False)  # task n-1's CSV log is finished: keep it
         dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
@@ -257,8 +281,63 @@ def run_experiment(cfg: DictConfig) -> dict:
     if dm.data_is_sample:
         out["note"] = ("trained and tested on the bundled MNIST sample (the official 10,000-digit test set split 8000/2000): "
                        "not comparable with papers that train on the full 60,000 training images")
-    if trainer.is_global_zero: write_results(out, run_dir, algo)
+    if trainer.is_global_zero:
+        write_results(out, run_dir, algo)
+        (report or RunReport(cfg, run_dir, config, progress["acc_matrix"])).finish(out)
     return out
+
+# %% ../nbs/07_loop.ipynb #7c1e0b02
+@contextmanager
+def console_log():
+    "Send the `clarena` logger's lines to stdout while a run lasts, if nothing else receives them (a notebook, a script without `logging` set up)."
+    if log.hasHandlers(): yield; return
+    handler, level = logging.StreamHandler(sys.stdout), log.level
+    handler.setFormatter(logging.Formatter("[clarena] %(message)s"))
+    log.addHandler(handler); log.setLevel(logging.INFO)
+    try: yield
+    finally: log.removeHandler(handler); log.setLevel(level)
+
+def _number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def format_matrix(acc_rows: list) -> str:
+    "The accuracy matrix as a table: row $i$ after training task $i$, column $j$ tested on task $j$."
+    T = len(acc_rows)
+    head = "after task | " + " ".join(f"{f'task {j}':>7}" for j in range(T))
+    return "\n".join([head, "-" * len(head)] + [f"{i:>10} | " + " ".join(f"{a:7.4f}" for a in row) for i, row in enumerate(acc_rows)])
+
+def format_final(out: dict) -> str:
+    "The final metrics in one line, rounded (a metric that was not measured says so)."
+    names = dict(final_avg_acc="average accuracy", bwt="BWT", fwt="FWT", forgetting="forgetting", final_val_avg_acc="validation average accuracy")
+    return ", ".join(f"{name} {out[k]:.4f}" if _number(out.get(k)) else f"{name} n/a" for k, name in names.items() if k in out)
+
+class RunReport:
+    "A run's per-task lines and final table through `logging`; its continual-learning metrics and hyperparameters through one instance of each configured Lightning logger for the whole run (version `cl`)."
+    def __init__(self, cfg: DictConfig, run_dir: Path, config: dict, earlier_rows: list = ()):
+        self.loggers = [make_logger(c, run_dir, "cl") for c in (cfg.get("logger") or {}).values() if c]
+        self.config = config
+        for lg in self.loggers:
+            if "metrics" not in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(config)
+        for t, row in enumerate(earlier_rows): self.log_metrics(self.task_metrics(row), t)  # a resumed run's earlier tasks
+
+    @staticmethod
+    def task_metrics(row: list) -> dict:
+        return {"cl/avg_acc": float(np.mean(row)), **{f"cl/acc_task_{j}": float(a) for j, a in enumerate(row)}}
+
+    def log_metrics(self, metrics: dict, step: int):
+        for lg in self.loggers: lg.log_metrics(metrics, step=step); lg.save()
+
+    def task_done(self, task_id: int, row: list):
+        log.info("task %d: accuracy on tasks 0..%d = %s", task_id, task_id, [round(a, 4) for a in row])
+        self.log_metrics(self.task_metrics(row), task_id)
+
+    def finish(self, out: dict):
+        log.info("accuracy matrix (accuracy on task j after training task i):\n%s", format_matrix(out["acc_matrix"]))
+        log.info("final: %s", format_final(out))
+        final = {f"cl/{k}": float(out[k]) for k in ("final_avg_acc", "bwt", "fwt", "forgetting", "final_val_avg_acc") if _number(out.get(k))}
+        self.log_metrics(final, out["num_tasks"] - 1)
+        for lg in self.loggers:
+            if "metrics" in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(self.config, final)  # TensorBoard's HPARAMS
+            lg.finalize("success")
 
 # %% ../nbs/07_loop.ipynb #db8b1266
 def plot_label(metrics: dict) -> str:

@@ -14,19 +14,28 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import Callback as LightningCallback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .core import ConfigError, TrainingError
-from .checkpoints import atomic_write, check_name
-from .loop import run_experiment
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'ACCELERATORS', 'RESUME_OVERRIDES', 'compose_config', 'absolute_data_root', 'check_run_config', 'resume_config',
-           'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'input_error', 'run_cli',
-           'job_failed', 'SweepReport', 'ProfilerReport']
+__all__ = ['log', 'ACCELERATORS', 'RESUME_OVERRIDES', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
+           'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'input_error',
+           'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
+
+# %% ../nbs/08_cli.ipynb #8c1a0002
+def _forward(name: str):
+    "A resolver that calls `clarena.checkpoints.<name>`, imported on first use (it imports torch)."
+    def resolve(*args):
+        from clarena import checkpoints
+        return getattr(checkpoints, name)(*args)
+    return resolve
+
+for _name, _fn in (("clarena_run_dir", _forward("hydra_run_dir")), ("clarena_sweep_dir", _forward("hydra_sweep_dir")),
+                   ("clarena_hydra_subdir", lambda resume=None: ".hydra/resume" if resume else ".hydra")):
+    if not OmegaConf.has_resolver(_name): OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
 # %% ../nbs/08_cli.ipynb #0e298ccf
 def compose_config(experiment: str | None = None, overrides: list | tuple = ()) -> DictConfig:
@@ -53,27 +62,33 @@ def _accelerator_available(name: str) -> bool:
     if name == "mps": return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     return True
 
-def check_run_config(cfg: DictConfig) -> DictConfig:
-    "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
-    import lightning as L, torch
-    from hydra.utils import instantiate
+def check_values(cfg: DictConfig) -> DictConfig:
+    "Raise `ConfigError` for a plain value that is wrong (the seed, the accelerator's name, the learning rate); imports nothing heavy."
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int): raise ConfigError(f"seed must be an integer, got {seed!r}")
+    acc = cfg.trainer.get("accelerator", "auto")
+    if acc not in ACCELERATORS: raise ConfigError(f"unknown trainer.accelerator {acc!r}; valid choices: {', '.join(map(repr, ACCELERATORS))}")
+    opt = cfg.model.get("optimizer")
+    lr = opt.get("lr") if opt is not None else 1
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+    return cfg
+
+def check_run_config(cfg: DictConfig) -> DictConfig:
+    "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
+    from clarena.checkpoints import check_name
+    from hydra.utils import instantiate
+    check_values(cfg)
     check_name("experiment_name", cfg.get("experiment_name"))
-    tr = cfg.trainer
+    tr, acc, opt = cfg.trainer, cfg.trainer.get("accelerator", "auto"), cfg.model.get("optimizer")
+    import lightning as L, torch
     known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir", "enable_checkpointing"}
     unknown = sorted(set(tr) - known)
     if unknown: raise ConfigError(f"unknown trainer option(s) {unknown}: not arguments of lightning.Trainer (e.g. {', '.join(sorted(known)[:6])}, ...)")
-    acc = tr.get("accelerator", "auto")
-    if acc not in ACCELERATORS: raise ConfigError(f"unknown trainer.accelerator {acc!r}; valid choices: {', '.join(map(repr, ACCELERATORS))}")
     if not _accelerator_available(acc):
         raise ConfigError(f"trainer.accelerator={acc!r} (trainer=gpu) but this machine has no {'CUDA GPU' if acc != 'mps' else 'MPS device'}; "
                           f"use the default trainer (trainer.accelerator=cpu)")
-    opt = cfg.model.get("optimizer")
     if opt is not None:
-        lr = opt.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
         try: instantiate(opt)([torch.nn.Parameter(torch.zeros(1))])
         except Exception as e:
             raise ConfigError(f"model.optimizer {OmegaConf.to_container(opt)} cannot be built: {str(e).splitlines()[0]}") from None
@@ -142,6 +157,7 @@ def _train(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("resume"): cfg = resume_config(cfg.resume, hc.overrides.task, cfg)
         check_run_config(absolute_data_root(cfg))
+        from clarena.loop import run_experiment  # torch and Lightning: only once the config is known to be good
         out = run_experiment(cfg)
     except (KeyboardInterrupt, SystemExit) as e:
         if not _interrupted: raise
@@ -161,7 +177,7 @@ def _train(cfg: DictConfig) -> float | None:
         and "ddp" not in str(out["config"]["trainer"].get("strategy"))
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     if rank_zero_only.rank == 0:  # in a DDP run, every process returns the same (reduced) results
-        log.info("final average accuracy %.4f, BWT %s, run directory %s", out["final_avg_acc"], out["bwt"], out["run_dir"])
+        log.info("final average accuracy %.4f, run directory %s", out["final_avg_acc"], out["run_dir"])
         if out.get("note"): log.info(out["note"])
     # the objective of a sweeper (Optuna): validation accuracy, so the test data stay out of the search
     return out.get("final_val_avg_acc", out["final_avg_acc"])
@@ -223,6 +239,7 @@ def run_cli(app):
 # %% ../nbs/08_cli.ipynb #a8d4e6b2
 def job_failed(e: BaseException, known: tuple[int, str] | None, run_dir=None) -> None:
     "Record and report a sweep job's failure (in its folder, `failed.json`), so the sweep can go on."
+    from clarena.checkpoints import atomic_write
     hc = HydraConfig.get()
     code, line = known or (1, f"failed with {type(e).__name__}: {e}")
     d = Path(run_dir or hc.runtime.output_dir)
@@ -250,16 +267,21 @@ class SweepReport(Callback):
             print(f"clarena: {len(failed)} of {len(jobs)} sweep jobs failed (their failed.json in {sweep_dir}): " +
                   "; ".join(f"job {f['job']}: {f['error'][:200]}" for f in failed), file=sys.stderr, flush=True)
 
+class InputCheck(Callback):
+    "Hydra callback (`conf/config.yaml`): check a single run's plain values (`check_values`) before Hydra makes its run directory, and before torch and Lightning are imported."
+    def on_run_start(self, config: DictConfig, **kwargs):
+        if config.get("resume"): return  # the run's own config.yaml is checked by the run
+        try: check_values(config)
+        except ConfigError as e:  # Hydra turns a callback's exception into a warning: stop here, as run_cli would
+            print(f"clarena: configuration error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
 # %% ../nbs/08_cli.ipynb #b5e1f7a3
-class ProfilerReport(LightningCallback):
-    "Lightning callback: print the profiler's report after each task's fit, and save it in the run directory."
-    def on_fit_end(self, trainer, pl_module):
-        if not trainer.is_global_zero or trainer.profiler is None: return
-        text = trainer.profiler.summary()
-        if not text.strip(): return
-        path = Path(trainer.default_root_dir) / f"profiler_task_{getattr(pl_module, 'task_id', 0)}.txt"
-        atomic_write(path, text + "\n")
-        print(f"[clarena] profiler report of task {getattr(pl_module, 'task_id', 0)} (saved to {path}):\n{text}", flush=True)
+def __getattr__(name):
+    if name == "ProfilerReport":
+        from clarena.callbacks import ProfilerReport
+        return ProfilerReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/08_cli.ipynb #a439ffff
 if __name__ == "__main__": main()

@@ -116,12 +116,13 @@ def test_ddp_two_processes_on_cpu(tmp_path, no_data_root):
     # the same SGD updates and the whole test set, so the matrix is that of one process (up to float rounding)
     for r_ddp, r_one in zip(m_ddp["acc_matrix"], m_one["acc_matrix"]):
         assert all(abs(a - b) < 0.005 for a, b in zip(r_ddp, r_one)), (m_ddp["acc_matrix"], m_one["acc_matrix"])
-    assert ddp.stdout.count("[clarena] task 1:") == 1  # results reported and written by process 0 only
+    assert ddp.stdout.count("task 1: accuracy on tasks 0..1") == 1  # results reported and written by process 0 only
     assert len(list((tmp_path / "ddp").rglob("metrics.json"))) == 1
 
 
 def test_optuna_search_maximises_validation_accuracy(tmp_path, no_data_root):
-    r = train(["-m", "experiment=pmnist_hat", "hparams_search=hat_optuna", "hydra.sweeper.n_trials=2", "data.num_tasks=2",
+    # no -m: an hparams_search config sets Hydra's multirun mode
+    r = train(["experiment=pmnist_hat", "hparams_search=hat_optuna", "hydra.sweeper.n_trials=2", "data.num_tasks=2",
                "trainer.limit_train_batches=5", "measure_fwt=false", "trainer.enable_progress_bar=false", f"paths.data_dir={no_data_root}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = next((tmp_path / "logs" / "pmnist_hat" / "multiruns").iterdir())
@@ -130,3 +131,28 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path, no_data_root):
     trials = [json.loads((sweep / j / "metrics.json").read_text()) for j in ("0", "1")]
     assert best["best_value"] == max(t["final_val_avg_acc"] for t in trials)  # the objective is validation accuracy
     assert set(best["best_params"]) == {"model.optimizer.lr", "model.algorithm.capacity_reg"}
+
+
+PROBE = """import sys
+sys.argv = ["clarena-train", *sys.argv[1:]]
+from clarena.train import main
+try: main()
+except SystemExit as e: print("exit", e.code, "lightning" in sys.modules, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args,code,message", [(["--help"], 0, "== Configuration groups =="), (["data=foo"], 2, "unknown data option 'foo'"),
+                                               (["seed=abc"], 2, "seed must be an integer"), (["model.optimizer.lr=-1"], 2, "must be a number > 0")])
+def test_help_and_bad_input_answer_before_lightning_is_imported(tmp_path, args, code, message):
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert f"exit {code} False False" in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])  # neither Lightning nor torch imported
+    assert message in r.stdout + r.stderr
+    assert not list(tmp_path.rglob(".hydra"))  # and no run directory made
+
+
+def test_debug_runs_have_their_own_experiment_name_and_limit_any_experiment():
+    from clarena.train import compose_config
+    for debug in ("default", "fdr", "limit", "overfit", "profiler"):
+        assert compose_config("pmnist_hat", [f"debug={debug}"]).experiment_name == "debug"
+    assert compose_config("pmnist_hat_paper", ["debug=default"]).trainer.max_epochs == 1  # the experiment's 200 epochs are limited
+    assert compose_config("pmnist_hat_paper").callbacks.keys() == {"progress_bar", "patience_lr"}

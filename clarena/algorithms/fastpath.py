@@ -48,6 +48,9 @@ class FastPath:
             if (algo.global_step + 1) % tr.log_every_n_steps == 0:
                 logged.append((algo.global_step, {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in out.items()}))
             _count_step(tr)
+        # what `self.log` writes (validation included) goes to the loggers at Lightning's count of stepped batches, which it
+        # advances by one per Lightning step: advance it by the chunk's other steps, so that it counts training steps as without chunks
+        tr.fit_loop.epoch_loop._batches_that_stepped += len(chunk.indices) - 1
         for step, out in logged:  # the steps a one-step-per-Lightning-step run logs, at the same step numbers
             if self.capture: algo.check_finite(out["loss"], chunk.first, every=1)
             parts = {k: v for k, v in out.items() if k != "loss"}

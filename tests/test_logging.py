@@ -1,0 +1,73 @@
+"""What a run prints and logs: the continual-learning metrics and hyperparameters in Lightning's loggers (TensorBoard, MLflow,
+CSV), the per-task lines and the final table through `logging`, validation at its training step, the progress bar, user callbacks."""
+import csv
+import logging
+
+import pytest
+
+from clarena.loop import run_experiment
+from clarena.train import compose_config
+
+QUICK = ["experiment=smnist_til_finetuning", "data.num_tasks=2", "trainer.limit_train_batches=5", "measure_fwt=false"]
+
+
+def run(tmp_path, no_data_root, *overrides, progress_bar=False):
+    cfg = compose_config(None, [*QUICK, f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'run'}",
+                                f"trainer.enable_progress_bar={str(progress_bar).lower()}", *overrides])
+    return run_experiment(cfg), tmp_path / "run"
+
+
+def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, no_data_root, caplog):
+    pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from mlflow.tracking import MlflowClient
+    with caplog.at_level(logging.INFO, logger="clarena"):
+        m, run_dir = run(tmp_path, no_data_root, "logger=mlflow", "+logger.tensorboard._target_=lightning.pytorch.loggers.TensorBoardLogger",
+                         "+logger.tensorboard.name=tensorboard")
+    R = m["acc_matrix"]
+    # TensorBoard: one curve over tasks (version cl), each task's accuracy, the final metrics, the config as hyperparameters
+    ea = EventAccumulator(str(run_dir / "tensorboard" / "cl")).Reload()
+    avg = ea.Scalars("cl/avg_acc")
+    assert [e.step for e in avg] == [0, 1] and abs(avg[1].value - m["avg_acc"][1]) < 1e-6
+    assert [e.step for e in ea.Scalars("cl/acc_task_0")] == [0, 1] and abs(ea.Scalars("cl/acc_task_0")[1].value - R[1][0]) < 1e-6
+    assert abs(ea.Scalars("cl/final_avg_acc")[-1].value - m["final_avg_acc"]) < 1e-6 and "cl/bwt" in ea.Tags()["scalars"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    content = ea.PluginTagToContent("hparams")
+    session = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
+                   if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    assert session.hparams["seed"].number_value == 0 and session.hparams["data/num_tasks"].number_value == 2
+    # MLflow (a local store in the run directory): the CL run with its curves, final metrics and the config as parameters
+    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    exp = client.get_experiment_by_name("smnist_til_finetuning")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"cl", "task_0", "task_1"}
+    cl = runs["cl"]
+    assert cl.data.params["seed"] == "0" and cl.data.params["data/num_tasks"] == "2" and cl.info.status == "FINISHED"
+    assert [(h.step, round(h.value, 6)) for h in client.get_metric_history(cl.info.run_id, "cl/avg_acc")] == \
+        [(t, round(m["avg_acc"][t], 6)) for t in range(2)]
+    assert abs(cl.data.metrics["cl/final_avg_acc"] - m["final_avg_acc"]) < 1e-6 and "cl/forgetting" in cl.data.metrics
+    # the CSV logger has the same curve; the per-task lines and the final table went through logging
+    rows = list(csv.DictReader(open(run_dir / "csv" / "cl" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows if r["cl/avg_acc"]] == [0, 1]
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "clarena")
+    assert f"task 1: accuracy on tasks 0..1 = {[round(a, 4) for a in R[1]]}" in text
+    assert "after task |  task 0  task 1" in text and f"final: average accuracy {m['final_avg_acc']:.4f}, BWT {m['bwt']:.4f}, FWT n/a" in text
+
+
+def val_rows(run_dir, task):
+    return [(int(r["step"]), r["val/acc"]) for r in csv.DictReader(open(run_dir / "csv" / f"task_{task}" / "metrics.csv")) if r.get("val/acc")]
+
+
+def test_validation_at_its_training_step_with_and_without_chunks_progress_bar_and_user_checkpoint(tmp_path, no_data_root, capsys):
+    common = ["trainer.limit_train_batches=20", "trainer.max_epochs=2", "data.val_size=100"]
+    _, one = run(tmp_path / "one", no_data_root, *common, "speed.steps_per_call=1")
+    _, chunks = run(tmp_path / "chunks", no_data_root, *common, "speed.steps_per_call=8", "+callbacks.ckpt._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+                    progress_bar=True)
+    # Lightning logs epoch e's validation at its last training step, 20 (e + 1) - 1: the same with 8 steps per Lightning step
+    assert [s for s, _ in val_rows(one, 1)] == [19, 39]
+    assert val_rows(chunks, 1) == val_rows(one, 1) and val_rows(chunks, 0) == val_rows(one, 0)
+    # the progress bar counts training steps (20 a task, in chunks of 8, 8 and 4) at steps/s, without Lightning's v_num
+    out = capsys.readouterr().out.replace("\r", "\n")
+    assert "20/20 [" in out and "steps/s" in out and "task 1 epoch 1" in out and "v_num" not in out, out[-2000:]
+    # a checkpoint callback from the config is accepted and saves
+    assert list((chunks / "csv").rglob("*.ckpt")), sorted(p.relative_to(chunks) for p in chunks.rglob("*"))
