@@ -15,9 +15,12 @@ from omegaconf import OmegaConf
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RESULT_FILES', 'RESULT_SUFFIXES', 'atomic_write', 'save_checkpoint',
-           'load_checkpoint', 'check_same_data', 'restore', 'check_name', 'run_stamp', 'new_run_dir', 'results_in',
-           'claim_run_dir', 'hydra_run_dir', 'hydra_sweep_dir']
+__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RESULT_FILES', 'RESULT_SUFFIXES', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT',
+           'PREEMPT_SIGNALS', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'check_same_data', 'restore',
+           'check_name', 'run_stamp', 'new_run_dir', 'results_in', 'resumable', 'claim_run_dir', 'hydra_run_dir',
+           'hydra_sweep_dir', 'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state',
+           'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state', 'load_callback_state',
+           'StepCheckpoint']
 
 # %% ../nbs/07a_checkpoints.ipynb #0400843d
 def atomic_write(path: Path, data: bytes | str):
@@ -39,9 +42,10 @@ CHECKPOINT_FORMAT = "clarena-checkpoint-2"  # the payload's bytes with their sha
 def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO(); torch.save(obj, buf); return buf.getvalue()
 
-def save_checkpoint(path: Path, algo, config: dict, progress: dict, data: dict | None = None):
-    "Save the algorithm after a task, with its config, the run's progress and its data record, and their sha256, in one atomic write."
-    payload = _torch_bytes(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress, data=data))
+def save_checkpoint(path: Path, algo, config: dict, progress: dict, data: dict | None = None, step: dict | None = None):
+    "Save the algorithm after a task (or, with `step`, within one), with its config, the run's progress and its data record, and their sha256, in one atomic write."
+    extra = {} if step is None else dict(step=step)
+    payload = _torch_bytes(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress, data=data, **extra))
     atomic_write(path, _torch_bytes(dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
                                          payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))))
 
@@ -132,6 +136,11 @@ def results_in(run_dir) -> list[str]:
     if not d.is_dir(): return []
     return sorted(p.name for p in d.iterdir() if p.name in RESULT_FILES or (p.is_file() and (p.suffix in RESULT_SUFFIXES or p.name.startswith("profiler_task_"))))
 
+def resumable(run_dir) -> bool:
+    "True if `run_dir` holds an unfinished run to go on with (a requeued job's): its `config.yaml` and a checkpoint, and no `metrics.json`."
+    d = Path(run_dir)
+    return (d / "config.yaml").is_file() and not (d / "metrics.json").exists() and any((d / "checkpoints").glob("*.ckpt"))
+
 def claim_run_dir(run_dir, overwrite: bool = False) -> Path:
     "Refuse `run_dir` if it holds another run's results; with `overwrite`, delete those results first."
     d, found = Path(run_dir), results_in(run_dir)
@@ -148,7 +157,7 @@ def hydra_run_dir(log_dir, experiment_name, output_dir=None, resume=None, overwr
     "The run directory of a single run (`hydra.run.dir`); `overwrite=None` (eval, predict) skips the check for results."
     if resume: return str(resume)
     if output_dir:
-        if overwrite is not None and not overwrite: claim_run_dir(output_dir)
+        if overwrite is not None and not overwrite and not resumable(output_dir): claim_run_dir(output_dir)  # the loop checks a resumable one
         return str(output_dir)
     return str(new_run_dir(log_dir, experiment_name))
 
@@ -159,3 +168,183 @@ def hydra_sweep_dir(log_dir, experiment_name) -> str:
 for _name, _fn in (("clarena_run_dir", hydra_run_dir), ("clarena_sweep_dir", hydra_sweep_dir),
                    ("clarena_hydra_subdir", lambda resume=None: ".hydra/resume" if resume else ".hydra")):
     if not OmegaConf.has_resolver(_name): OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
+
+# %% ../nbs/07a_checkpoints.ipynb #e1a70002
+import random, signal, sys, time
+import numpy as np
+import lightning as L
+
+STEP_CHECKPOINT = "step.ckpt"
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run it again
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+
+def torch_rng_state(device=None) -> dict:
+    "torch's global random state on the CPU and, for a CUDA `device`, on that device."
+    out = dict(cpu=torch.get_rng_state())
+    if device is not None and torch.device(device).type == "cuda": out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+def set_torch_rng_state(state: dict, device=None):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda": torch.cuda.set_rng_state(state["cuda"], device)
+
+def rng_state(device=None) -> dict:
+    "Every global random state a step may draw from (torch, CUDA on `device`, numpy, python), as tensors and plain types (a safe load reads them)."
+    version, py, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(torch=torch_rng_state(device), python=(version, torch.tensor(py, dtype=torch.int64), gauss),
+                numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached))
+
+def set_rng_state(state: dict, device=None):
+    "Restore what `rng_state` returned."
+    set_torch_rng_state(state["torch"], device)
+    version, py, gauss = state["python"]; random.setstate((version, tuple(py.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]; np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+# %% ../nbs/07a_checkpoints.ipynb #e1a70005
+from .data.base import ChunkedBatches, IndexChunk
+
+class ResumableBatches:
+    "A task's training batches (`TensorBatches` `tb`), one per step or `steps_per_call` per `IndexChunk`, that can resume an epoch at a batch."
+    def __init__(self, tb, steps_per_call: int | None = None, limit: int | None = None):
+        self.tb, self.k = tb, steps_per_call
+        self.num_batches = ChunkedBatches(tb, steps_per_call, limit).num_batches if steps_per_call else len(tb)
+        self._resume, self.epoch_generator, self.rng_before = None, None, {}
+
+    def __len__(self): return -(-self.num_batches // self.k) if self.k else len(self.tb)
+
+    def resume(self, state: dict):
+        "Start the next epoch where `state` (from `state`) was."
+        self._resume = state
+
+    def state(self, position: int) -> dict:
+        "Where this epoch is, for a step checkpoint taken before Lightning batch `position`: the epoch's generator state and the random states of the batches prepared ahead."
+        return dict(generator=self.epoch_generator, position=position,
+                    rng_before={p: s for p, s in self.rng_before.items() if p >= position})
+
+    def _items(self, first: int):
+        "(Lightning batch position, index batch or `IndexChunk`) of one epoch, from position `first`."
+        if not self.k:
+            for b, idx in enumerate(self.tb.index_batches()):
+                if b >= first: yield b, idx
+            return
+        n, k, chunk = self.num_batches, self.k, []
+        for b, idx in zip(range(n), self.tb.index_batches()):
+            if b < first * k: continue
+            chunk.append(idx)
+            if len(chunk) == k or b == n - 1:
+                yield b // k, IndexChunk(self.tb.view, chunk, b - len(chunk) + 1, n, self.tb.batch_size)
+                chunk = []
+
+    def __iter__(self):
+        start, self._resume = self._resume, None
+        gen, dev = self.tb.generator, self.tb.view.y.device
+        if start is not None: gen.set_state(start["generator"])
+        self.epoch_generator, self.rng_before = gen.get_state(), {}
+        replay = dict(start["rng_before"]) if start is not None else {}
+        for pos, item in self._items(start["position"] if start is not None else 0):
+            if pos in replay: set_torch_rng_state(replay.pop(pos), dev)  # a batch Lightning had fetched ahead: prepared as it was
+            self.rng_before[pos] = torch_rng_state(dev)
+            self.rng_before.pop(pos - 3, None)
+            yield item if self.k else self.tb.view.batch(item)
+
+# %% ../nbs/07a_checkpoints.ipynb #e1a70008
+class Preempted(SystemExit):
+    "The run stopped at a step boundary on a preemption signal, its checkpoint written: exit status `PREEMPTED_EXIT`."
+    def __init__(self, message: str):
+        super().__init__(PREEMPTED_EXIT)
+        self.message = message
+
+class PreemptionSignals:
+    "Record `SIGTERM`/`SIGUSR1`/`SIGUSR2` instead of dying mid-step; `stop` ends the run at the next step boundary."
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def _record(self, signum, frame): self.received = signum
+
+    def install(self):
+        "Take over the preemption signals (remembering the handlers before), if this is the main thread."
+        for name in PREEMPT_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None: continue
+            try:
+                prev = signal.signal(sig, self._record)
+                if prev != self._record and sig not in self.previous: self.previous[sig] = prev
+            except ValueError: return  # not the main thread: signals stay as they are
+        return self
+
+    def uninstall(self):
+        "Put back the handlers that were there before `install`."
+        for sig, prev in self.previous.items():
+            try: signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            except ValueError: pass
+        self.previous = {}
+
+    def stop(self, message: str):
+        "Stop the run after a preemption signal: the handler from before clarena's (submitit's requeue) if any, else `Preempted`."
+        sig, prev = self.received, self.previous.get(self.received)
+        print(f"clarena: preempted ({signal.Signals(sig).name}): {message}", file=sys.stderr, flush=True)
+        self.uninstall()
+        if callable(prev): prev(sig, None)
+        raise Preempted(message)
+
+def _plain(v) -> bool:
+    "True for what a safe load (weights_only=True) reads back: tensors, numbers, strings and containers of them."
+    if v is None or isinstance(v, (bool, int, float, str)) or torch.is_tensor(v): return True
+    if isinstance(v, (list, tuple)): return all(_plain(x) for x in v)
+    if isinstance(v, dict): return all(isinstance(k, (str, int)) and _plain(x) for k, x in v.items())
+    return False
+
+def _own_state(cb) -> bool:
+    "True for a callback whose state is its plain attributes: one of the config's (not Lightning's, not a progress display) without a `state_dict`."
+    from lightning.pytorch.callbacks import ProgressBar
+    return not (type(cb).__module__.startswith("lightning") or isinstance(cb, ProgressBar) or type(cb).state_dict is not L.Callback.state_dict)
+
+def callback_state(cb) -> dict:
+    "A callback's state: its `state_dict()`, or for one of the config's callbacks without one (e.g. `PatienceLR`), its plain attributes."
+    return {k: v for k, v in vars(cb).items() if _plain(v)} if _own_state(cb) else cb.state_dict()
+
+def load_callback_state(cb, state: dict):
+    if _own_state(cb): vars(cb).update(state)
+    else: cb.load_state_dict(state)
+
+class StepCheckpoint(L.Callback):
+    "Call `write(step_state)` every `every_n_steps` steps and/or `every_minutes` minutes and on a preemption signal (then stop); restore `resume`."
+    def __init__(self, write, batches: ResumableBatches | None, every_n_steps: int | None = None, every_minutes: float | None = None,
+                 signals: PreemptionSignals | None = None, resume: dict | None = None, describe=lambda step: ""):
+        self.write, self.batches, self.signals, self.resume, self.describe = write, batches, signals, resume, describe
+        self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
+
+    def on_train_start(self, trainer, pl_module):
+        if self.signals is not None: self.signals.install()  # over the SIGTERM handler Lightning installs for the fit (it would end the fit with status 0)
+        self.last_step, self.last_time = trainer.global_step, time.monotonic()
+        if self.resume is None: return
+        for opt, sd in zip(trainer.optimizers, self.resume["optimizers"]): opt.load_state_dict(sd)
+        for cfg, sd in zip(trainer.lr_scheduler_configs, self.resume["schedulers"]): cfg.scheduler.load_state_dict(sd)
+        for cb in trainer.callbacks:
+            if cb is not self and cb.state_key in self.resume["callbacks"]: load_callback_state(cb, self.resume["callbacks"][cb.state_key])
+        self.last_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.resume is not None:  # the first step after a resume: the random state as it was at the checkpoint
+            set_rng_state(self.resume["rng"], trainer.strategy.root_device)
+            self.resume = None
+            return
+        signalled = self.signals is not None and self.signals.received is not None
+        due = signalled or (self.every_n_steps and trainer.global_step - self.last_step >= self.every_n_steps) or \
+              (self.every_minutes and time.monotonic() - self.last_time >= 60 * self.every_minutes)
+        if not due: return
+        written = self.batches is not None
+        if written: self.write(self.state(trainer, batch_idx))
+        self.last_step, self.last_time = trainer.global_step, time.monotonic()
+        if signalled:
+            self.signals.stop(f"step checkpoint written at global step {trainer.global_step} {self.describe(trainer)}" if written else
+                              f"no step checkpoint (data.loader=dataloader): a resume repeats this task {self.describe(trainer)}")
+
+    def state(self, trainer, batch_idx: int) -> dict:
+        "What the run needs beyond the weights to go on before Lightning batch `batch_idx`."
+        return dict(task_id=trainer.lightning_module.task_id, global_step=trainer.global_step, epoch=trainer.current_epoch,
+                    batch=batch_idx, loops=trainer.fit_loop.state_dict(), optimizers=[o.state_dict() for o in trainer.optimizers],
+                    schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
+                    callbacks={cb.state_key: callback_state(cb) for cb in trainer.callbacks if cb is not self},
+                    data=self.batches.state(batch_idx), rng=rng_state(trainer.strategy.root_device))
