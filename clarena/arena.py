@@ -238,7 +238,7 @@ def run_summary_rows(m: dict) -> list[tuple[str, str]]:
 def acc_matrix_rows(m: dict, digits: int = 3) -> tuple[list, list]:
     "The accuracy matrix as a table: a header and one row per trained task (blank above the diagonal)."
     n = len(m["acc_matrix"])
-    return (["after task \\ on task", *range(n)], [[i, *(fmt(a, digits) for a in row), *[""] * (n - len(row))] for i, row in enumerate(m["acc_matrix"])])
+    return (["after task ↓, on task →", *range(n)], [[i, *(fmt(a, digits) for a in row), *[""] * (n - len(row))] for i, row in enumerate(m["acc_matrix"])])
 
 def run_summary_html(run_dir) -> Path:
     "Write `summary.html` into the finished run `run_dir`: its key numbers, the accuracy matrix, every figure it wrote and its config, in one page; return its path."
