@@ -6,14 +6,18 @@ Docs: https://clarena-dev.github.io/clarena/metrics.html.md"""
 
 # %% ../nbs/04_metrics.ipynb #a93fba29
 from __future__ import annotations
+import io
 import math
+import textwrap
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 
 # %% auto #0
-__all__ = ['avg_acc', 'avg_loss', 'rows_to_matrix', 'matrix_to_rows', 'average_over_seen', 'bwt', 'fwt', 'forgetting_per_task',
-           'forgetting', 'intransigence', 'forgetting_ratio', 'reference_metrics', 'summarize', 'plot_acc_matrix',
-           'plot_avg_acc', 'plot_task_acc']
+__all__ = ['avg_acc', 'avg_loss', 'TITLE_SIZE', 'rows_to_matrix', 'matrix_to_rows', 'average_over_seen', 'bwt', 'fwt',
+           'forgetting_per_task', 'forgetting', 'intransigence', 'forgetting_ratio', 'reference_metrics', 'summarize',
+           'InlineFigure', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc', 'outside_canvas']
 
 # %% ../nbs/04_metrics.ipynb #ae546199
 def rows_to_matrix(rows: list) -> np.ndarray:
@@ -98,37 +102,83 @@ def summarize(acc_rows: list, loss_rows: list, pre_acc: list | None = None, untr
     return out
 
 # %% ../nbs/04_metrics.ipynb #511e4889
+class InlineFigure(Figure):
+    "A `matplotlib.figure.Figure` that a notebook displays as a PNG (a cell's last expression, or `display(fig)`), with no pyplot."
+    def __init__(self, *args, **kwargs):
+        "Takes what `Figure` takes (`figsize`, `layout`, ...)."
+        super().__init__(*args, **kwargs)
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO(); self.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+TITLE_SIZE = 11  # points
+
+def _new_figure(width: float, height: float, layout: str = "constrained") -> InlineFigure:
+    return InlineFigure(figsize=(width, height), layout=layout)
+
+def _set_title(ax, title: str, label: str = "", width: float = 0.85):
+    "The title, then `label` wrapped to lines as wide as `width` of the figure (a glyph is at most ~0.62 em wide on average)."
+    chars = max(12, int(ax.figure.get_figwidth() * width * 72 / (0.62 * TITLE_SIZE)))
+    lines = [title] + (textwrap.wrap(label, chars) if label else [])
+    ax.set_title("\n".join(lines), fontsize=TITLE_SIZE)
+
+def _legend_beside(ax):
+    "The legend to the right of the axes, where it hides no curve."
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, frameon=False)
+
 def plot_acc_matrix(R: np.ndarray, label: str = "") -> Figure:
     "Heat map of the accuracy matrix, one cell per (trained task, tested task)."
     T = len(R)
-    fig = Figure(figsize=(max(4.5, 1.2 + 0.55 * T), max(3.6, 1.0 + 0.5 * T)))
+    fig = _new_figure(max(4.5, 1.2 + 0.55 * T), max(3.6, 1.3 + 0.5 * T), layout="compressed")  # constrained, for an image of fixed aspect
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
     for i in range(T):
         for j in range(i + 1):
             ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if R[i, j] < 0.6 else "k")
-    ax.set(xlabel="tested on task", ylabel="after training task", xticks=range(T), yticks=range(T), title=f"Accuracy matrix\n{label}".strip())
+    ax.set(xlabel="tested on task", ylabel="after training task", xticks=range(T), yticks=range(T))
+    _set_title(ax, "Accuracy matrix", label)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
     return fig
 
 def plot_avg_acc(curves: dict, label: str = "") -> Figure:
     "Average accuracy after each task; `curves` maps a name (an algorithm, a run) to its `avg_acc` list."
-    fig = Figure(figsize=(5, 3.2))
+    fig = _new_figure(5.6, 3.4)
     ax = fig.subplots()
     for name, ys in curves.items(): ax.plot(range(len(ys)), ys, marker="o", label=name)
-    ax.set(xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02), title=f"Average accuracy {label}".strip())
-    ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.set(xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _set_title(ax, "Average accuracy", label, width=0.7)
+    ax.grid(alpha=0.3); _legend_beside(ax)
     return fig
 
-def plot_task_acc(R: np.ndarray, label: str = "") -> Figure:
-    "Each task's accuracy as later tasks are trained (one line per task, from the time it is learned)."
+def plot_task_acc(R: np.ndarray, label: str = "", max_legend: int = 10) -> Figure:
+    "Each task's accuracy as later tasks are trained (one line per task, from the time it is learned); beyond `max_legend` tasks a colour bar names them."
+    import matplotlib as mpl
     T = len(R)
-    fig = Figure(figsize=(5, 3.2))
+    fig = _new_figure(5.6, 3.4)
     ax = fig.subplots()
-    for j in range(T): ax.plot(range(j, T), R[j:, j], marker=".", label=f"task {j}")
-    ax.set(xlabel="after training task", ylabel="accuracy", ylim=(0, 1.02), title=f"Accuracy of each task {label}".strip())
-    ax.grid(alpha=0.3); ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    cmap, norm = mpl.colormaps["viridis"], mpl.colors.Normalize(0, max(T - 1, 1))
+    for j in range(T): ax.plot(range(j, T), R[j:, j], marker=".", label=f"task {j}", **({} if T <= max_legend else {"color": cmap(norm(j))}))
+    ax.set(xlabel="after training task", ylabel="accuracy", ylim=(0, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _set_title(ax, "Accuracy of each task", label, width=0.7)
+    ax.grid(alpha=0.3)
+    if T <= max_legend: _legend_beside(ax)
+    else: fig.colorbar(mpl.cm.ScalarMappable(norm, cmap), ax=ax, label="task").locator = MaxNLocator(integer=True)
     return fig
+
+# %% ../nbs/04_metrics.ipynb #7d3c2a15
+def outside_canvas(fig: Figure, tol: float = 1.0) -> list:
+    "Render `fig` and name what does not lie inside its canvas: each title, axis label, legend entry or text that sticks out, or `'(ticks)'` when only the rest of the drawing (tick labels) does."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig); canvas.draw()
+    r, W, H = canvas.get_renderer(), fig.bbox.width, fig.bbox.height
+    def out(b): return b.x0 < -tol or b.y0 < -tol or b.x1 > W + tol or b.y1 > H + tol
+    texts = list(fig.texts)
+    for ax in fig.axes:
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend(): texts += ax.get_legend().get_texts()
+    names = [t.get_text() for t in texts if t.get_visible() and t.get_text().strip() and out(t.get_window_extent(r))]
+    if not names and out(fig.get_tightbbox(r).transformed(fig.dpi_scale_trans)): names.append("(ticks)")
+    return names

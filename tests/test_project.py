@@ -34,4 +34,4 @@ def test_docs_sidebar_lists_every_notebook():
     listed = set(re.findall(r"-\s+(\S+\.ipynb)", (nbs / "sidebar.yml").read_text()))
     present = {str(p.relative_to(nbs)) for p in nbs.rglob("*.ipynb") if not any(s.startswith(("_", ".")) for s in p.relative_to(nbs).parts)}
     assert listed == present, (present - listed, listed - present)
-    assert "metadata-files: [sidebar.yml]" in (nbs / "_quarto.yml").read_text()
+    assert "metadata-files: [nbdev.yml, sidebar.yml]" in (nbs / "_quarto.yml").read_text()  # nbdev 3: its nbdev.yml, our sidebar

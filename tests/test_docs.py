@@ -1,0 +1,103 @@
+"""The docs site: nbdev 3's configuration and workflow, the pages that show their results, the generated config table,
+and figures that fit their canvas. The pages themselves are run by .ci/docs (CI); here, what can be checked in seconds."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / "nbs"
+
+
+def test_quarto_reads_nbdev_yml_and_the_hand_written_sidebar():
+    quarto = yaml.safe_load((NBS / "_quarto.yml").read_text())
+    assert quarto["metadata-files"] == ["nbdev.yml", "sidebar.yml"]
+    assert "sidebar" not in quarto["website"] or "contents" not in quarto["website"]["sidebar"]  # the contents are sidebar.yml's
+    assert yaml.safe_load((NBS / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]
+
+
+def test_nbdev_yml_is_what_nbdev_writes_from_pyproject():
+    from nbdev import quarto
+    from nbdev.config import get_config
+    cfg = get_config(ROOT)
+    vals = {k: cfg[k] for k in ("title", "description", "branch", "git_url", "doc_host", "doc_baseurl")}
+    expected = quarto._nbdev_yml.format(doc_path=cfg.doc_path.name, **vals)
+    assert (NBS / "nbdev.yml").read_text() == expected, "nbs/nbdev.yml is stale: nbdev-proc-nbs rewrites it from pyproject.toml; commit that"
+    assert yaml.safe_load(expected)["project"]["output-dir"] == "_docs"
+
+
+def test_nbdev_leaves_the_sidebar_alone():
+    from nbdev.config import get_config
+    assert get_config(ROOT).custom_sidebar, "set custom_sidebar = true under [tool.nbdev] in pyproject.toml, or nbdev-sidebar overwrites nbs/sidebar.yml"
+
+
+def test_deploy_workflow_is_nbdev3_and_runs_the_pages():
+    text = (ROOT / ".github" / "workflows" / "deploy.yaml").read_text()
+    assert "quarto-ghp@" not in text and "nbdev_docs" not in text and "setup.py" not in text  # the nbdev 2 action
+    steps = yaml.safe_load(text)["jobs"]["deploy"]["steps"]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    assert 'pip install -e ".[dev]"' in runs and "bash .ci/docs" in runs
+    publish = next(s for s in steps if s.get("uses", "").startswith("peaceiris/actions-gh-pages@"))
+    assert publish["with"]["publish_dir"] == "./_docs"
+
+
+def test_ci_runs_the_docs_processing():
+    ci, docs = (ROOT / ".ci" / "run").read_text(), (ROOT / ".ci" / "docs").read_text()
+    assert "bash .ci/docs" in ci and ci.index("bash .ci/docs") < ci.index("git status --porcelain")  # nbdev.yml rewritten -> caught
+    assert "set -euo pipefail" in docs and "nbdev-proc-nbs --path" in docs and "nbdev-docs --path" in docs
+    assert "bash .ci/run" in (ROOT / ".github" / "workflows" / "test.yaml").read_text()
+    ignored = subprocess.run(["git", "check-ignore", "_proc/x", "_pages/x", "_docs/x"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert ignored == ["_proc/x", "_pages/x", "_docs/x"]
+
+
+def test_every_page_is_run_for_the_docs():
+    docs = (ROOT / ".ci" / "docs").read_text()
+    assert re.search(r"for dir in tutorials explanations; do nbdev-test", docs)
+    for nb in sorted((NBS / "experiments").glob("*.ipynb")):  # a new experiment notebook needs its small-budget line
+        assert re.search(rf"^experiment {nb.stem} ", docs, re.M), f"{nb.name} is not run by .ci/docs: its page would show no results"
+
+
+def test_the_chapters_pages_build_with_their_figures_and_table(tmp_path):
+    # nbdev's processing of a page, as nbdev-proc-nbs runs it: it crashed on 04_metrics; its exec_doc cells show results
+    code = ("import os, sys, json; os.environ['IN_TEST'] = '1'\n"
+            "from fastcore.nbio import read_nb, write_nb\nfrom nbdev.processors import FilterDefaults\n"
+            "for name in sys.argv[1:]:\n"
+            "    nb = read_nb(name); FilterDefaults()(nb)\n"
+            "    outs = [o for c in nb.cells if 'exec_doc' in c.source for o in c.get('outputs', [])]\n"
+            "    print(json.dumps({name: sorted(k for o in outs for k in o.get('data', {}))}))\n")
+    r = subprocess.run([sys.executable, "-c", code, "04_metrics.ipynb", "08a_config_table.ipynb"], cwd=NBS, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shown = {k: v for line in r.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
+    assert shown["04_metrics.ipynb"].count("image/png") == 3  # the three figures
+    assert "text/markdown" in shown["08a_config_table.ipynb"]  # the config table
+
+
+def test_config_table_lists_every_config_file():
+    from clarena.config_table import CONF_DIR, config_table
+    table = config_table()
+    files = sorted(CONF_DIR.rglob("*.yaml"))
+    assert len(table.splitlines()) == len(files) + 2
+    group, shown = None, set()
+    for row in table.splitlines()[2:]:
+        first, option = [c.strip() for c in row.strip("|").split(" | ")[:2]]
+        group = first.strip("`") if first.startswith("`") else "" if first == "*primary configs*" else group
+        shown.add(f"{group}/{option.split('`')[1]}.yaml".lstrip("/"))
+    assert shown == {p.relative_to(CONF_DIR).as_posix() for p in files}
+
+
+def test_task_acc_title_fits_the_canvas():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from clarena import metrics as M
+    R = M.rows_to_matrix([[0.9], [0.6, 0.8], [0.5, 0.7, 0.9]])
+    for label in ("(Finetuning, bundled MNIST sample)", "(HAT, bundled MNIST sample, a label long enough to need two lines of its own)"):
+        fig = M.plot_task_acc(R, label)
+        canvas = FigureCanvasAgg(fig); canvas.draw()
+        box = fig.axes[0].title.get_window_extent(canvas.get_renderer())
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height, (box, fig.bbox)
+        for f in (fig, M.plot_avg_acc({"Finetuning": [0.9, 0.7, 0.7]}, label), M.plot_acc_matrix(R, label)):
+            assert M.outside_canvas(f) == []
