@@ -299,8 +299,12 @@ def _arena(cfg: DictConfig) -> float | None:
     return arena_job(cfg)
 
 def main():
-    "Entry point of `clarena-arena`: always a Hydra multirun; exit status 1 if any of its runs failed (they are listed in the report)."
+    "Entry point of `clarena-arena`: always a Hydra multirun (a league with `preset=<name>`); exit status 1 if any of its runs failed (they are listed in the report)."
     from clarena.train import run_cli, SweepReport
+    preset = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("preset=")), None)
+    if preset is not None:  # a league from a preset (the league chapter)
+        from clarena.league import league_main
+        sys.exit(league_main(preset, [a for a in sys.argv[1:] if not a.startswith("preset=")]))
     if not any(a in ("-m", "--multirun") for a in sys.argv[1:]): sys.argv.insert(1, "--multirun")
     run_cli(_arena)
     if SweepReport.failed: sys.exit(1)

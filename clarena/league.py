@@ -18,7 +18,7 @@ from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
 __all__ = ['presets', 'load_preset', 'algorithm_class', 'data_at_hand', 'preset_configs', 'run_league', 'train_steps',
-           'league_rows', 'league_table', 'league_markdown', 'plot_league']
+           'league_rows', 'league_table', 'league_markdown', 'plot_league', 'league_main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -158,3 +158,28 @@ def plot_league(groups: list[dict], metric: str = "final_avg_acc") -> Figure:
     ax.set_xticklabels(benches, rotation=20, ha="right", fontsize=7); ax.set_yticklabels(algos, fontsize=7)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
+
+# %% ../nbs/10b_league.ipynb #0cd42942
+def league_main(preset: str, args: list) -> int:
+    "`clarena-arena preset=<preset> [args]`: run the preset's league; the exit status."
+    import sys
+    from clarena.checkpoints import atomic_write
+    keys = ("arena.name", "arena.dir", "n_jobs")
+    opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in keys)
+    overrides = [a for a in args if a.split("=", 1)[0] not in keys]
+    try:
+        load_preset(preset)
+        n_jobs = int(opts.get("n_jobs", 2))
+        if n_jobs < 1: raise ValueError
+    except ConfigError as e:
+        print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
+    except ValueError:
+        print(f"clarena: configuration error: n_jobs must be a whole number >= 1, got {opts['n_jobs']!r}", file=sys.stderr); return 2
+    arena_dir = Path(opts.get("arena.dir") or Path("logs") / "arena" / opts.get("arena.name", preset))
+    report = run_league(preset, arena_dir, n_jobs=n_jobs, overrides=overrides)
+    atomic_write(arena_dir / "league.md", f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(league_rows(arena_dir))))
+    print(f"[clarena-arena] league table: {arena_dir / 'league.md'}", flush=True)
+    if report["failed"]:
+        print(f"clarena: {report['failed']} of {len(report['rows'])} league runs failed (listed in {arena_dir / 'report.md'})", file=sys.stderr)
+        return 1
+    return 0
