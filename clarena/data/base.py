@@ -1,4 +1,4 @@
-"""Datasets decoded once into uint8 tensors, task views gathered by index, and the base continual-learning datamodule.
+"""The base continual-learning datamodule: a sequence of tasks built from one source dataset, served as batches gathered by index.
 
 Docs: https://clarena-dev.github.io/clarena/data.html.md"""
 
@@ -6,320 +6,17 @@ Docs: https://clarena-dev.github.io/clarena/data.html.md"""
 
 # %% ../../nbs/01_data.ipynb #a8e7a17b
 from __future__ import annotations
-import gzip, os
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Callable
-
-import numpy as np
 import torch
 import lightning as L
 
-import hashlib
-from ..core import ConfigError, DataError, check_choice, check_positive_int
+from ..core import ConfigError, check_choice, check_positive_int
+from .sources import *  # re-exported: `clarena.data.base` stays an import path for every data name
+from .batches import *
+from .sources import DATASETS, SourceData, load_source
+from .batches import TaskView, TensorBatches, crop_flip, host_dataloader
 
 # %% auto #0
-__all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'torchvision_folder', 'load_source', 'TaskView', 'TensorBatches', 'IndexChunk', 'ChunkedBatches',
-           'host_dataloader', 'crop_flip', 'check_val_size', 'CLDataModule', 'normalizer']
-
-# %% ../../nbs/01_data.ipynb #94584ce2
-CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
-    "mnist/train-images-idx3-ubyte": dict(gz="f68b3c2dcbeaaa9fbdd348bbdeb94873", raw="6bbc9ace898e44ae57da46a324031adb"),
-    "mnist/train-labels-idx1-ubyte": dict(gz="d53e105ee54ea40749a09fcbcd1e9432", raw="a25bea736e30d166cdddb491f175f624"),
-    "mnist/t10k-images-idx3-ubyte": dict(gz="9fb629c4189551a2d022fa330f9573f3", raw="2646ac647ad5339dbf082846283269ea"),
-    "mnist/t10k-labels-idx1-ubyte": dict(gz="ec29112dd5afa0611ce80d1b7f02629c", raw="27ae3e4e09519cfbb04c329615203637"),
-    "fashion_mnist/train-images-idx3-ubyte": dict(gz="8d4fb7e6c68d591d4c3dfef9ec88bf0d", raw="f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-    "fashion_mnist/train-labels-idx1-ubyte": dict(gz="25c81989df183df01b3e8a0aad5dffbe", raw="9018921c3c673c538a1fc5bad174d6f9"),
-    "fashion_mnist/t10k-images-idx3-ubyte": dict(gz="bef4ecab320f06d8554ea6380940ec79", raw="8181f5470baa50b63fa0f6fddb340f0a"),
-    "fashion_mnist/t10k-labels-idx1-ubyte": dict(gz="bb300cfdad3c16e7a12a480ee83cd310", raw="15d484375f8d13e6eb1aabb0c3f46965"),
-}
-
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-def _check_official(path: Path, dataset: str, packed: bytes, raw: bytes):
-    "Raise `DataError` naming `path` unless its bytes are those of the official `dataset` file of that name."
-    known = CHECKSUMS.get(f"{dataset}/{path.name.removesuffix('.gz')}")
-    if known is None: raise DataError(f"{path} is not one of {dataset}'s IDX files ({', '.join(_IDX_FILES)})")
-    got_raw = hashlib.md5(raw).hexdigest()
-    if got_raw == known["raw"] or (path.suffix == ".gz" and hashlib.md5(packed).hexdigest() == known["gz"]): return
-    raise DataError(f"{path} does not match the official {dataset} file (content md5 {got_raw}, expected {known['raw']}): "
-                    f"it is corrupted or not the official data; replace it (or, for files you made yourself, set data.verify_checksums=false)")
-
-def read_idx(path, dataset: str | None = None) -> np.ndarray:
-    "Read an IDX file (optionally gzipped) into a uint8 array; with `dataset`, check it against the official md5."
-    path = Path(path)
-    packed = path.read_bytes()
-    try:
-        raw = gzip.decompress(packed) if path.suffix == ".gz" else packed
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path} is corrupted: {e}; replace it with the official file") from None
-    if dataset: _check_official(path, dataset, packed, raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise DataError(f"{path} is not an uint8 IDX file (bad magic number)")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable, so torch can share it
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {dims}, found {data.size} values")
-    return data.reshape(dims)
-
-# %% ../../nbs/01_data.ipynb #73689686
-@dataclass(frozen=True)
-class DatasetInfo:
-    "What clarena needs to know about a source dataset."
-    num_classes: int
-    shape: tuple  # (C, H, W)
-    mean: tuple   # per channel, on the [0, 1] scale
-    std: tuple
-    torchvision_name: str  # class in torchvision.datasets
-    system_dirs: tuple = ()  # folders holding the raw IDX .gz files, e.g. from a system package
-    bundled: bool = False    # a sample ships inside the package
-
-DATASETS = {
-    "mnist": DatasetInfo(10, (1, 28, 28), (0.1307,), (0.3081,), "MNIST", bundled=True),
-    "fashion_mnist": DatasetInfo(10, (1, 28, 28), (0.2860,), (0.3530,), "FashionMNIST",
-                                 system_dirs=("/usr/share/datasets/fashion-mnist",)),
-    "cifar10": DatasetInfo(10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
-    "cifar100": DatasetInfo(100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
-}
-SOURCES = ("auto", "torchvision", "idx", "system", "bundled")
-
-# %% ../../nbs/01_data.ipynb #7040b12d
-@dataclass
-class SourceData:
-    "A whole dataset as uint8 image tensors and int64 labels, with a record of where it came from."
-    dataset: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    source: str  # e.g. "mnist-bundled-10k", "torchvision:/data/MNIST/raw"
-
-    @property
-    def is_sample(self) -> bool: return self.source.startswith("mnist-bundled")
-
-    def fingerprint(self) -> str:
-        "A hash of the images and labels themselves: equal for the same data wherever it was read from, different for any other."
-        h = hashlib.blake2b(self.dataset.encode(), digest_size=16)
-        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
-            t = t.detach().cpu().contiguous()
-            h.update(str((tuple(t.shape), str(t.dtype))).encode()); h.update(t.numpy().tobytes())
-        return h.hexdigest()
-
-def _to_nchw(x: np.ndarray) -> torch.Tensor:
-    x = np.asarray(x)
-    if x.ndim == 3: x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3): x = x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8))
-
-def _labels(y) -> torch.Tensor: return torch.as_tensor(np.asarray(y), dtype=torch.int64)
-
-# %% ../../nbs/01_data.ipynb #98c32e94
-BUNDLED_TEST_SIZE = 2000
-
-def load_bundled_mnist() -> SourceData:
-    "The official MNIST test set shipped with clarena, split 8000 train / 2000 test with a fixed seed."
-    d = resources.files("clarena") / "assets"
-    x = _to_nchw(read_idx(d / "t10k-images-idx3-ubyte.gz", "mnist"))
-    y = _labels(read_idx(d / "t10k-labels-idx1-ubyte.gz", "mnist"))
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    te, tr = order[:BUNDLED_TEST_SIZE], order[BUNDLED_TEST_SIZE:]
-    return SourceData("mnist", x[tr], y[tr], x[te], y[te], "mnist-bundled-10k")
-
-# %% ../../nbs/01_data.ipynb #7bf156e2
-def _load_idx_dir(name: str, folder: Path, verify_checksums: bool = True, label: str = "idx") -> SourceData | None:
-    """Load the four IDX files (gzipped or not) from `folder`; None if it holds none of them.
-    A partial set, or any copy that is not the official file, is a `DataError` naming the file: never a reason to look elsewhere."""
-    folder = Path(folder).expanduser()
-    present = {stem: [folder / (stem + ext) for ext in ("", ".gz") if (folder / (stem + ext)).is_file()] for stem in _IDX_FILES}
-    if not any(present.values()): return None
-    missing = [stem for stem, fs in present.items() if not fs]
-    if missing:
-        raise DataError(f"{folder} holds only part of {name}: {', '.join(missing)} (or .gz) missing; add the missing official files "
-                        f"or remove the folder's IDX files")
-    check = name if verify_checksums else None
-    arrays = []
-    for stem, (use, *others) in present.items():
-        arrays.append(read_idx(use, check))
-        for other in others:  # a second copy (torchvision keeps the .gz beside the file it extracts) is checked too
-            if check: read_idx(other, check)
-    xtr, ytr, xte, yte = arrays
-    return SourceData(name, _to_nchw(xtr), _labels(ytr), _to_nchw(xte), _labels(yte),
-                      f"{label}:{folder.resolve()}" + ("" if verify_checksums else " (checksums not verified)"))
-
-def _with_checksums_of_files_on_disk(cls, root: Path):
-    "A subclass of torchvision dataset `cls` whose expected md5s are those of the files under `root`."
-    import torchvision.datasets.utils as U
-    folder = Path(root) / cls.base_folder
-    md5 = lambda f: U.calculate_md5(str(folder / f))
-    attrs = dict(train_list=[[f, md5(f)] for f, _ in cls.train_list], test_list=[[f, md5(f)] for f, _ in cls.test_list])
-    if hasattr(cls, "meta"): attrs["meta"] = {**cls.meta, "md5": md5(cls.meta["filename"])}
-    return type(cls.__name__, (cls,), attrs)
-
-def torchvision_folder(name: str, root) -> Path:
-    "The folder under `root` where torchvision keeps dataset `name`'s files (`MNIST/raw`, `cifar-10-batches-py`, ...)."
-    import torchvision
-    cls = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
-    return Path(root).expanduser() / (cls.base_folder if hasattr(cls, "base_folder") else f"{cls.__name__}/raw")
-
-def _load_torchvision(name: str, root: Path, download: bool, verify_checksums: bool = True) -> SourceData | None:
-    import torchvision
-    cls = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
-    if DATASETS[name].shape[0] == 1:  # IDX files: torchvision reads them unchecked, so clarena reads (and checks) them itself
-        folder = torchvision_folder(name, root)
-        got = _load_idx_dir(name, folder, verify_checksums, "torchvision")
-        if got is None and download:
-            try: cls(str(root), train=True, download=True)
-            except (RuntimeError, OSError) as e:
-                if any(folder.glob("*")): raise DataError(f"downloading {name} into {folder} failed: {e}") from None
-                return None
-            got = _load_idx_dir(name, folder, verify_checksums, "torchvision")
-        return got
-    if not verify_checksums and hasattr(cls, "base_folder") and (Path(root) / cls.base_folder).is_dir():
-        cls = _with_checksums_of_files_on_disk(cls, root)
-    try:
-        tr = cls(str(root), train=True, download=download)
-        te = cls(str(root), train=False, download=download)
-    except (RuntimeError, OSError, FileNotFoundError) as e:
-        folder = Path(root) / getattr(cls, "base_folder", "")
-        if hasattr(cls, "base_folder") and folder.is_dir() and any(folder.iterdir()):
-            raise DataError(f"{folder} holds {name} files that torchvision refuses ({e}): they are damaged or not the official "
-                            f"files; for files you made yourself (tests), set data.verify_checksums=false") from None
-        return None
-    as_np = lambda d: d.numpy() if torch.is_tensor(d) else d
-    return SourceData(name, _to_nchw(as_np(tr.data)), _labels(tr.targets), _to_nchw(as_np(te.data)), _labels(te.targets),
-                      f"torchvision:{torchvision_folder(name, root).resolve()}"
-                      + ("" if verify_checksums else " (checksums not verified)"))
-
-# %% ../../nbs/01_data.ipynb #37ac482d
-def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "auto", download: bool = False,
-                verify_checksums: bool = True) -> SourceData:
-    "Load `dataset` as uint8 tensors from the first place `source` allows that has it."
-    check_choice("dataset", dataset, DATASETS)
-    check_choice("data source", source, SOURCES)
-    info, root, looked = DATASETS[dataset], Path(root).expanduser(), []
-    if source in ("auto", "torchvision"):
-        got = _load_torchvision(dataset, root, download, verify_checksums)
-        if got is not None: return got
-        looked.append(f"{torchvision_folder(dataset, root)} (torchvision layout{', download failed' if download else ''})")
-    if source in ("auto", "idx") and info.shape[0] == 1:
-        got = _load_idx_dir(dataset, root, verify_checksums)
-        if got is not None: return got
-        looked.append(f"{root} (the four IDX files)")
-    if source in ("auto", "system"):
-        for d in info.system_dirs:
-            got = _load_idx_dir(dataset, Path(d), verify_checksums, "idx")
-            if got is not None: return got
-            looked.append(f"{d} (IDX .gz files)")
-    if source in ("auto", "bundled") and info.bundled:
-        return load_bundled_mnist()
-    if source == "bundled":
-        raise ConfigError(f"no bundled sample of {dataset!r}; only {[k for k, v in DATASETS.items() if v.bundled]} ship with clarena")
-    hint = "; ".join(looked)
-    how = f"put the files in {torchvision_folder(dataset, root)} or set data.download=true where there is a network"
-    if dataset == "fashion_mnist": how += ", or install Debian's package: apt-get install dataset-fashion-mnist"
-    raise DataError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
-
-# %% ../../nbs/01_data.ipynb #b5428c3f
-@dataclass
-class TaskView:
-    "A task's uint8 images `x` and head labels `y`, the batched transform `prepare`, and the source rows they came from."
-    x: torch.Tensor             # (n, C, H, W) uint8
-    y: torch.Tensor             # (n,) int64 labels as the head sees them
-    prepare: Callable[[torch.Tensor], torch.Tensor]
-    source_rows: torch.Tensor | None = None  # (n,) indices into the source split (None: all of it, in order)
-
-    def __len__(self): return len(self.y)
-
-    def batch(self, idx: torch.Tensor):
-        "The prepared input and labels of view positions `idx`."
-        return self.prepare(self.x[idx]), self.y[idx]
-
-# %% ../../nbs/01_data.ipynb #6c94503d
-class TensorBatches:
-    "Iterate over a `TaskView` in batches gathered by index on the data's device."
-    def __init__(self, view: TaskView, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
-        self.view, self.batch_size, self.shuffle, self.drop_last = view, check_positive_int("batch_size", batch_size), shuffle, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        n = len(self.view)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def index_batches(self):
-        "The view positions of each batch of one epoch (a new shuffle each call)."
-        n, dev = len(self.view), self.view.y.device
-        order = torch.randperm(n, generator=self.generator).to(dev) if self.shuffle else torch.arange(n, device=dev)
-        for b in range(len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
-
-    def __iter__(self):
-        for idx in self.index_batches(): yield self.view.batch(idx)
-
-# %% ../../nbs/01_data.ipynb #86373572
-@dataclass
-class IndexChunk:
-    "The index batches of consecutive training steps that one Lightning step runs."
-    view: TaskView
-    indices: list               # one index tensor per step, on the data's device
-    first: int                  # the epoch's batch number of `indices[0]`
-    num_batches: int            # batches in the epoch
-    batch_size: int             # the full batch size (the epoch's last batch may be smaller)
-
-    def __len__(self): return len(self.indices)
-
-class ChunkedBatches:
-    "Serve `tb`'s index batches `k` at a time, as `IndexChunk`s (the same batches, in the same order); `limit`: only the first `limit` batches."
-    def __init__(self, tb: TensorBatches, k: int, limit: int | None = None):
-        self.tb, self.k = tb, check_positive_int("speed.steps_per_call", k)
-        self.num_batches = len(tb) if limit is None else min(len(tb), check_positive_int("limit_train_batches", limit))
-
-    def __len__(self): return -(-self.num_batches // self.k)
-
-    def __iter__(self):
-        n, chunk, first = self.num_batches, [], 0
-        for b, idx in zip(range(n), self.tb.index_batches()):
-            chunk.append(idx)
-            if len(chunk) == self.k:
-                yield IndexChunk(self.tb.view, chunk, first, n, self.tb.batch_size)
-                first, chunk = first + self.k, []
-        if chunk: yield IndexChunk(self.tb.view, chunk, first, n, self.tb.batch_size)
-
-# %% ../../nbs/01_data.ipynb #92307c22
-class _IndexSampler:
-    "A DataLoader batch sampler yielding the index batches of a `TensorBatches`."
-    def __init__(self, tb: TensorBatches): self.tb = tb
-    def __len__(self): return len(self.tb)
-    def __iter__(self):
-        for idx in self.tb.index_batches(): yield idx.tolist()
-
-class _GatherBatch:
-    "DataLoader collate: gather and prepare a whole batch of a `TaskView` at once."
-    def __init__(self, view: TaskView): self.view = view
-    def __call__(self, idx: list): return self.view.batch(torch.tensor(idx))
-
-def host_dataloader(tb: TensorBatches, num_workers: int = 0, pin_memory: bool = False):
-    "A `DataLoader` over `tb`'s (host-resident) view that yields the same batches as `tb`."
-    from torch.utils.data import DataLoader
-    return DataLoader(range(len(tb.view)), batch_sampler=_IndexSampler(tb), collate_fn=_GatherBatch(tb.view),
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
-
-# %% ../../nbs/01_data.ipynb #972bac7a
-def crop_flip(xb: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    "Random crop after zero padding, and random horizontal flip, of a batch `(N, C, H, W)`."
-    n, c, h, w = xb.shape
-    xp = torch.nn.functional.pad(xb, (pad, pad, pad, pad))
-    dev = xb.device
-    oy, ox = torch.randint(0, 2 * pad + 1, (n,), device=dev), torch.randint(0, 2 * pad + 1, (n,), device=dev)
-    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    out = xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
-    flip = torch.rand(n, device=dev) < 0.5
-    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+__all__ = ['check_val_size', 'CLDataModule']
 
 # %% ../../nbs/01_data.ipynb #5e1a7c0d
 def check_val_size(val_size) -> float | int:
@@ -394,7 +91,9 @@ class CLDataModule(L.LightningDataModule):
         self.device = self.train_device if self.loader == "device" else torch.device("cpu")
         if self.data is not None:
             d = self.data
-            for k in ("x_train", "y_train", "x_test", "y_test"): setattr(d, k, getattr(d, k).to(self.device))
+            for k in ("x_train", "y_train", "x_test", "y_test"):
+                t = getattr(d, k)
+                if torch.is_tensor(t) or self.loader == "device": setattr(d, k, t.to(self.device))  # images on disk stay there for the DataLoader
             self.val_rows = self.val_rows.to(self.device)
             if self.train_rows is not None: self.train_rows = self.train_rows.to(self.device)
             self.test_views = {t: self._view(t, "test") for t in self.test_views}
@@ -429,7 +128,8 @@ class CLDataModule(L.LightningDataModule):
         tb.rank, tb.world_size = self.rank, self.world_size
         if self.world_size > 1 and tb.shuffle: tb.drop_last = True  # every process gets a non-empty share of every step
         if self.loader == "device": return tb
-        return host_dataloader(tb, self.num_workers, pin_memory=getattr(self, "train_device", self.device).type == "cuda")
+        device = getattr(self, "train_device", self.device)
+        return host_dataloader(tb, self.num_workers, pin_memory=device.type == "cuda", device=device)
 
     def train_dataloader(self):
         return self._serve(TensorBatches(self.train_view, self.batch_size, shuffle=True, seed=self.seed * 1000 + self.task_id))
@@ -458,10 +158,3 @@ class CLDataModule(L.LightningDataModule):
 
     @property
     def data_is_sample(self) -> bool: return self.data is not None and self.data.is_sample
-
-# %% ../../nbs/01_data.ipynb #6d9c7f49
-def normalizer(info: DatasetInfo, device) -> Callable[[torch.Tensor], torch.Tensor]:
-    "A batched `uint8 -> float` normalisation for `info`'s statistics, with its constants on `device`."
-    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
-    scale, shift = 1 / (255 * std), torch.tensor(info.mean, device=device).view(1, -1, 1, 1) / std
-    return lambda xb: xb.float().mul_(scale).sub_(shift)
