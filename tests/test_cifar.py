@@ -10,6 +10,7 @@ import torch
 from clarena.core import DataError
 from clarena.data.base import load_source
 from clarena.data.split import SplitDataModule
+from clarena.checkpoints import load_checkpoint
 from clarena.loop import build, make_trainer, run_experiment, fit_task, task_data
 from clarena.train import compose_config
 
@@ -130,6 +131,6 @@ def test_hat_paper_cifar_sequence(cifar_root, tmp_path):
                                        f"paths.output_dir={tmp_path}"])
     m = run_experiment(cfg)
     assert len(m["acc_matrix"]) == 10 and m["bwt"] == 0.0  # HAT forgets nothing, across the two datasets
-    ckpt = torch.load(tmp_path / "checkpoints" / "task_9.ckpt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "task_9.ckpt")  # the payload, its sha256 checked
     assert ckpt["cl"]["head_classes"] == [2] * 5 + [20] * 5
     assert "cifar-10-batches-py" in m["data_source"] and "cifar-100-python" in m["data_source"]
