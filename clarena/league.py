@@ -41,8 +41,8 @@ def data_at_hand(cfg) -> bool:
     from clarena.data.base import load_source
     d = cfg.data
     datasets = [p["dataset"] for p in d.parts] if d.get("parts") else [d.dataset]
-    try:
-        for ds in datasets: load_source(ds, d.root, d.get("source", "auto"), False, d.get("verify_checksums", True))
+    try:  # a dataset given as a call (an image folder registered by the config) is checked by the run itself
+        for ds in (x for x in datasets if isinstance(x, str)): load_source(ds, d.root, d.get("source", "auto"), False, d.get("verify_checksums", True))
     except DataError: return False
     return True
 
@@ -159,7 +159,7 @@ def plot_league(groups: list[dict], metric: str = "final_avg_acc") -> Figure:
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
-# %% ../nbs/10b_league.ipynb #0cd42942
+# %% ../nbs/10b_league.ipynb #b88b36ba
 def league_main(preset: str, args: list) -> int:
     "`clarena-arena preset=<preset> [args]`: run the preset's league; the exit status."
     import sys

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 import clarena
 from .core import ConfigError, check_choice, check_positive_int
 from . import metrics as M
-from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data
-from .data.base import ChunkedBatches
+from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, \
+    STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable
+from .data.base import ChunkedBatches, TensorBatches
 from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
 from .algorithms.references import REFERENCES
@@ -30,9 +31,9 @@ log = logging.getLogger("clarena")
 
 # %% auto #0
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
-           'test_tasks', 'task_data', 'fit_task', 'task_seed', 'load_reference_runs', 'run_experiment', 'console_log',
-           'format_matrix', 'format_final', 'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run',
-           'load_metrics']
+           'test_tasks', 'task_data', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options', 'step_checkpoint',
+           'load_reference_runs', 'run_experiment', 'console_log', 'format_matrix', 'format_final', 'RunReport',
+           'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -155,9 +156,12 @@ def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
     return TaskData(t, view, device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k, device) for k in range(t)],
                     num_tasks=dm.num_tasks)
 
-def fit_task(trainer: L.Trainer, algo, dm):
-    "Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`."
+def fit_task(trainer: L.Trainer, algo, dm, resume_step: dict | None = None):
+    """Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`.
+    With a `StepCheckpoint` among the trainer's callbacks, the batches can resume mid-epoch; `resume_step`: a step checkpoint of this task to go on from."""
     train = dm.train_dataloader()
+    step_cb = next((c for c in trainer.callbacks if isinstance(c, StepCheckpoint)), None)
+    resumable_batches = step_cb is not None and isinstance(train, TensorBatches)  # data.loader=dataloader: task checkpoints only
     if trainer.world_size > 1 and not algo.automatic_optimization:  # e.g. trainer.devices=auto on a machine with several GPUs
         if getattr(algo, "speed_auto", False) and not algo.capture: algo.configure_speed(1, False, algo.capture_warmup)
         else: raise ConfigError(f"speed.steps_per_call={algo.steps_per_call} speed.capture={algo.capture} run in one process; this trainer "
@@ -165,29 +169,79 @@ def fit_task(trainer: L.Trainer, algo, dm):
     if not algo.automatic_optimization:  # the limit counts training steps (batches), with or without chunks
         limit = trainer.limit_train_batches
         if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))  # Lightning's rounding
-        train = ChunkedBatches(train, algo.steps_per_call, limit)
+        train = (ResumableBatches if resumable_batches else ChunkedBatches)(train, algo.steps_per_call, limit)
         trainer.limit_train_batches = 1.0  # every chunk: ChunkedBatches has applied the limit to batches already
+    elif resumable_batches: train = ResumableBatches(train)
+    if step_cb is not None: step_cb.batches = train if resumable_batches else None
     data = task_data(algo, dm, device=trainer.strategy.root_device)
     algo.start_task(data)
+    if resume_step is not None:  # the task's hooks started it as at its start; now its state at the step
+        restore(algo, dm, resume_step)
+        s = resume_step["step"]
+        train.resume(s["data"])
+        trainer.fit_loop.load_state_dict(s["loops"])  # epoch, batch and global step, as Lightning's own resume restores them
+        step_cb.resume = s
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")  # ResumableBatches resumes itself
     trainer.fit(algo, train, dm.val_dataloader())
     algo.finish_task(data)
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
-def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict]:
-    "Restore the last checkpoint of the run being resumed; return the next task and the progress so far."
+def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict, dict | None]:
+    "Restore the last task checkpoint of the run being resumed; return the next task, the progress so far and the step checkpoint within that task, if any."
     ckpts = sorted((run_dir / "checkpoints").glob("task_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
-    if not ckpts: raise ConfigError(f"nothing to resume in {run_dir}: it has no checkpoints/task_*.ckpt")
+    step_path = run_dir / "checkpoints" / STEP_CHECKPOINT
+    if not ckpts and not step_path.is_file():
+        raise ConfigError(f"nothing to resume in {run_dir}: it has no checkpoints/task_*.ckpt or checkpoints/{STEP_CHECKPOINT}")
     if (run_dir / "metrics.json").exists(): raise ConfigError(f"{run_dir} holds a finished run (metrics.json); nothing to resume")
-    ckpt = load_checkpoint(ckpts[-1])
-    check_same_data(ckpt.get("data"), dm.data_record(), f"cannot resume {run_dir}")
-    restore(algo, dm, ckpt)
-    done = ckpt["cl"]["task_id"] + 1
+    ckpt = load_checkpoint(ckpts[-1]) if ckpts else None
+    step = load_checkpoint(step_path) if step_path.is_file() else None
+    if step is not None and "step" not in step: raise ConfigError(f"{step_path} is a task checkpoint, not a step checkpoint")
+    if step is not None and ckpt is not None and step["step"]["task_id"] <= ckpt["cl"]["task_id"]: step = None  # superseded by a task's
+    done = 0
+    for c in (ckpt, step):
+        if c is not None: check_same_data(c.get("data"), dm.data_record(), f"cannot resume {run_dir}")
+    if ckpt is not None:
+        restore(algo, dm, ckpt)
+        done = ckpt["cl"]["task_id"] + 1
+    if step is not None and step["step"]["task_id"] != done:
+        raise ConfigError(f"{step_path} is from task {step['step']['task_id']}, but the run's task checkpoints end before task {done}")
     for t in range(done):
         dm.setup_task(t)
         if untrained is not None: untrained.setup_task(t, dm.num_new_classes(t))
-    log.info("resuming %s after task %d", run_dir, done - 1)
-    return done, ckpt["progress"]
+    if step is None: log.info("resuming %s after task %d", run_dir, done - 1)
+    else:
+        s = step["step"]
+        log.info("resuming %s in task %d at step %d (epoch %d, batch %d)", run_dir, done, s["global_step"], s["epoch"], s["batch"])
+    return done, (step or ckpt)["progress"], step
+
+def requeued_run(cfg: DictConfig) -> Path | None:
+    """The directory of this very run if it was started before and stopped (a job requeued after preemption, or the same command
+    again): its `config.yaml` is this config, it holds a checkpoint and no `metrics.json`. None otherwise, or with `overwrite=true`."""
+    from hydra.core.hydra_config import HydraConfig
+    if cfg.get("resume") or cfg.get("overwrite"): return None
+    if cfg.paths.get("output_dir"): d = Path(cfg.paths.output_dir)
+    elif HydraConfig.initialized(): d = Path(HydraConfig.get().runtime.output_dir)
+    else: return None
+    if not resumable(d) or (d / "config.yaml").read_text() != OmegaConf.to_yaml(cfg, resolve=True): return None
+    return d
+
+def checkpoint_options(cfg: DictConfig) -> dict:
+    "`cfg.checkpoint` (step checkpoints: `every_n_steps`, `every_minutes`, `on_signal`), checked; a bad value is a `ConfigError`."
+    c = dict(cfg.get("checkpoint") or {})
+    unknown = set(c) - {"every_n_steps", "every_minutes", "on_signal"}
+    if unknown: raise ConfigError(f"unknown checkpoint option(s) {sorted(unknown)}; valid: 'every_n_steps', 'every_minutes', 'on_signal'")
+    n, minutes = c.get("every_n_steps"), c.get("every_minutes")
+    if n is not None: check_positive_int("checkpoint.every_n_steps", n)
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0):
+        raise ConfigError(f"checkpoint.every_minutes must be a number of minutes > 0 or null, got {minutes!r}")
+    return dict(every_n_steps=n, every_minutes=minutes, on_signal=bool(c.get("on_signal", True)))
+
+def step_checkpoint(options: dict, signals, write, resume: dict | None, task_id: int) -> StepCheckpoint | None:
+    "The step-checkpoint callback of task `task_id` (None when neither steps, minutes, signals nor a resume ask for one)."
+    n, minutes = options["every_n_steps"], options["every_minutes"]
+    if n is None and minutes is None and signals is None and resume is None: return None
+    return StepCheckpoint(write, None, n, minutes, signals, describe=lambda tr: f"(task {task_id}, epoch {tr.current_epoch})")
 
 def load_reference_runs(cfg: DictConfig, dm) -> dict:
     "The accuracy matrices of the finished reference runs named in `reference_runs` (joint, random), checked to be of this benchmark."
@@ -218,7 +272,9 @@ def _run_experiment(cfg: DictConfig) -> dict:
     dm.setup()  # load (and check) the data before the run directory is written, and before the clock starts
     data_load_s = time.perf_counter() - t_data
     data = dm.data_record()
-    resume = cfg.get("resume")
+    step_options = checkpoint_options(cfg)  # bad input: before the run directory is written
+    resume = cfg.get("resume") or requeued_run(cfg)
+    if resume and not cfg.get("resume"): log.info("%s holds this run, stopped before it finished: going on with it", resume)
     run_dir = run_dir_for(cfg) if not resume else Path(resume)
     quiet_lightning()
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -227,38 +283,54 @@ def _run_experiment(cfg: DictConfig) -> dict:
     untrained = copy.deepcopy(algo) if measure_fwt else None
     if cfg.get("compile"): algo.backbone.compile()
     progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[], total_wall_s=0.0)
-    first = 0
-    if resume: first, progress = _resume_point(dm, algo, untrained, run_dir)
+    first, step_resume = 0, None
+    if resume: first, progress, step_resume = _resume_point(dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     # the wall time of the parts before a resume (up to their last checkpoint); checkpoints from before it was recorded: the tasks' own
     before = progress.get("total_wall_s", sum(progress["task_wall_s"])) if resume else 0.0
     references = load_reference_runs(cfg, dm)  # before training: a wrong reference is bad input
     start, trainer, report = time.perf_counter(), None, None
-    for t in range(first, dm.num_tasks):
-        L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
-        trainer = make_trainer(cfg, run_dir, t)
-        if t == first:
-            dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
-            dm.shard(trainer.global_rank, trainer.world_size)
-        dm.setup_task(t)
-        algo.setup_task(t, dm.num_new_classes(t))
-        if measure_fwt:
-            untrained.setup_task(t, dm.num_new_classes(t))
-            progress["pre_acc"].append(test_tasks(trainer, algo, dm, [t])[t][0])
-            progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
-        t0 = time.perf_counter()
-        fit_task(trainer, algo, dm)
-        progress["task_wall_s"].append(time.perf_counter() - t0)
-        res = test_tasks(trainer, algo, dm, list(range(t + 1)))
-        progress["acc_matrix"].append([res[j][0] for j in range(t + 1)])
-        progress["loss_matrix"].append([res[j][1] for j in range(t + 1)])
-        progress["algorithm_report"].append(algo.task_report(t))
-        if trainer.is_global_zero:
-            progress["total_wall_s"] = before + time.perf_counter() - start
-            save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress, data)
-            atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
-            if report is None: report = RunReport(cfg, run_dir, config, progress["acc_matrix"][:-1])  # process 0 only
-            report.task_done(t, progress["acc_matrix"][-1])
+    # preemption (SIGTERM, SIGUSR1, SIGUSR2): stop at the next step boundary with a step checkpoint (see the checkpoints chapter)
+    signals = PreemptionSignals().install() if step_options["on_signal"] else None
+    try:
+        for t in range(first, dm.num_tasks):
+            L.seed_everything(task_seed(cfg.seed, t), workers=True, verbose=False)
+            trainer = make_trainer(cfg, run_dir, t)
+            if t == first:
+                dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
+                dm.shard(trainer.global_rank, trainer.world_size)
+            dm.setup_task(t)
+            algo.setup_task(t, dm.num_new_classes(t))
+            resume_step = step_resume if t == first else None
+            if measure_fwt:
+                untrained.setup_task(t, dm.num_new_classes(t))
+                if resume_step is None:  # else measured before the step checkpoint, and in its progress
+                    progress["pre_acc"].append(test_tasks(trainer, algo, dm, [t])[t][0])
+                    progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
+            t0, earlier_s = time.perf_counter(), resume_step["progress"]["task_elapsed_s"] if resume_step else 0.0
+            def write_step(state, t0=t0, earlier_s=earlier_s):
+                now = time.perf_counter()
+                p = dict(progress, task_elapsed_s=earlier_s + now - t0, total_wall_s=before + now - start)
+                save_checkpoint(run_dir / "checkpoints" / STEP_CHECKPOINT, algo, config, p, data, step=state)
+            cb = step_checkpoint(step_options, signals, write_step, resume_step, t) if trainer.world_size == 1 else None
+            if cb is not None: trainer.callbacks.append(cb)
+            fit_task(trainer, algo, dm, resume_step)
+            progress["task_wall_s"].append(earlier_s + time.perf_counter() - t0)
+            res = test_tasks(trainer, algo, dm, list(range(t + 1)))
+            progress["acc_matrix"].append([res[j][0] for j in range(t + 1)])
+            progress["loss_matrix"].append([res[j][1] for j in range(t + 1)])
+            progress["algorithm_report"].append(algo.task_report(t))
+            if trainer.is_global_zero:
+                progress["total_wall_s"] = before + time.perf_counter() - start
+                save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress, data)
+                (run_dir / "checkpoints" / STEP_CHECKPOINT).unlink(missing_ok=True)  # the task's checkpoint supersedes it
+                atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
+                if report is None: report = RunReport(cfg, run_dir, config, progress["acc_matrix"][:-1])  # process 0 only
+                report.task_done(t, progress["acc_matrix"][-1])
+            if signals is not None and signals.received is not None and t + 1 < dm.num_tasks:
+                signals.stop(f"task {t}'s checkpoint written; resume with: clarena-train resume={run_dir}")
+    finally:
+        if signals is not None: signals.uninstall()
     if trainer is None:  # resumed after the last task: only the results are left to write
         trainer = make_trainer(cfg, run_dir, dm.num_tasks - 1, log=False)  # task n-1's CSV log is finished: keep it
         dm.to(trainer.strategy.root_device); algo.to(trainer.strategy.root_device)
@@ -274,7 +346,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
                total_wall_s=before + this_part_s, data_load_s=data_load_s, resumed_at_task=first if resume else None,
                wall_s_parts=[before, this_part_s] if resume else None, data_fingerprint=data["fingerprint"],
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               experiment=cfg.experiment_name, algorithm=type(algo).__name__, reference=cfg.get("reference"), scenario=dm.scenario, num_tasks=dm.num_tasks,
+               experiment=cfg.experiment_name, algorithm=getattr(algo, "name", type(algo).__name__), reference=cfg.get("reference"), scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
                algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)
@@ -363,16 +435,10 @@ def show_figure(fig):
     from IPython.display import Image, display
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); display(Image(data=buf.getvalue()))
 
-def show_run(run_dir, figures: tuple = ("acc_matrix.png", "avg_acc.png", "task_acc.png", "hat_capacity.png", "hat_masks_layer0.png")):
-    "Display a finished run's summary and figures inline in a notebook."
-    from IPython.display import Image, Markdown, display
-    m = load_metrics(run_dir)
-    display(Markdown(f"**{m['algorithm']}** on `{m['data_source']}` ({m['scenario']}, {m['num_tasks']} tasks, seed {m['seed']}): "
-                     f"final average accuracy **{m['final_avg_acc']:.4f}**, BWT {m['bwt']}, forgetting {m['forgetting']}, FWT {m['fwt']}"
-                     + (f"  \n_{m['note']}_" if m.get("note") else "")))
-    for name in figures:
-        if (Path(run_dir) / name).exists(): display(Image(filename=str(Path(run_dir) / name)))
-    return m
+def show_run(run_dir, figures: bool = True) -> dict:
+    "Display a finished run's key numbers (rounded), its accuracy matrix and every figure it wrote; return its metrics (the explorer chapter's `show_run`)."
+    from clarena.explorer import show_run as _show_run  # the explorer chapter comes later: imported when called
+    return _show_run(run_dir, figures)
 
 # %% ../nbs/07_loop.ipynb #51d1b676
 def load_metrics(run_dir) -> dict:
