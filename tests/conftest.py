@@ -16,3 +16,16 @@ FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 def no_data_root(tmp_path):
     "A data root with nothing in it, so MNIST comes from the bundled sample whatever the machine holds."
     return str(tmp_path / "no-data")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test, run by the README's test command; CI (CI=true) runs the fast set "
+                                       "unless CLARENA_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    "In CI, skip the tests marked slow (their fast counterparts stay): CI has 90 minutes on two cores."
+    if os.environ.get("CI") != "true" or os.environ.get("CLARENA_SLOW"): return
+    skip = pytest.mark.skip(reason="slow: run by the README's test command outside CI, or with CLARENA_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"): item.add_marker(skip)

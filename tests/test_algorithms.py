@@ -12,7 +12,7 @@ from clarena.train import compose_config, resume_config
 # (name, experiment, overrides): every algorithm and reference clarena ships
 ALGORITHMS = [
     ("finetuning", "pmnist_finetuning", []),
-    ("hat", "pmnist_hat", ["trainer.limit_train_batches=120"]),  # its s annealing needs more steps to converge
+    ("hat", "pmnist_hat", ["trainer.max_epochs=1", "trainer.limit_train_batches=120"]),  # its s annealing needs more steps to converge
     ("ewc", "pmnist_finetuning", ["model/algorithm=ewc"]),
     ("online_ewc", "pmnist_finetuning", ["model/algorithm=online_ewc"]),
     ("si", "pmnist_finetuning", ["model/algorithm=si"]),

@@ -4,7 +4,7 @@ from clarena.train import compose_config
 
 
 def run(tmp_path, name, data_root, *extra):
-    cfg = compose_config("pmnist_hat", ["data.num_tasks=2", "trainer.limit_train_batches=30", "trainer.deterministic=true",
+    cfg = compose_config("pmnist_hat", ["data.num_tasks=2", "trainer.max_epochs=1", "trainer.limit_train_batches=30", "trainer.deterministic=true",
                                         "model.backbone.hidden_dims=[64,64]", "trainer.enable_progress_bar=false",
                                         f"paths.output_dir={tmp_path / name}", f"paths.data_dir={data_root}", *extra])
     return run_experiment(cfg)

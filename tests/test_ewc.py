@@ -167,6 +167,7 @@ def finetuning_on_fashion(tmp_path_factory):
 
 
 @needs_fashion
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ewc", "online_ewc"])
 def test_forgets_less_than_finetuning_on_permuted_fashion_mnist(tmp_path, finetuning_on_fashion, algorithm):
     m = run_experiment(compose_config("pmnist_finetuning", [*FASHION, f"model/algorithm={algorithm}", f"paths.output_dir={tmp_path}"]))

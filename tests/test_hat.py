@@ -14,7 +14,7 @@ from conftest import FASHION_DIR
 
 
 def hat_cfg(tmp_path, data_root, *extra):
-    return compose_config("pmnist_hat", ["data.num_tasks=3", "model.backbone.hidden_dims=[64,64]", "trainer.enable_progress_bar=false",
+    return compose_config("pmnist_hat", ["data.num_tasks=3", "trainer.max_epochs=1", "model.backbone.hidden_dims=[64,64]", "trainer.enable_progress_bar=false",
                                          "trainer.limit_train_batches=40", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_root}",
                                          "measure_fwt=false", *extra])
 
@@ -107,6 +107,7 @@ def test_refuses_weight_decay_and_cil(tmp_path, no_data_root):
         algo.check_optimizer(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
                     reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 def test_hat_beats_finetuning_on_permuted_fashion_mnist(tmp_path):

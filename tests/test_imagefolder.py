@@ -124,6 +124,7 @@ def probe(runs: list, size: int, out: Path) -> dict:
     return json.loads(r.stdout.split("PROBE")[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from /proc")
 def test_host_memory_does_not_grow_with_the_folder(tmp_path):
     """Two folders, 400 and 3,600 images cached at 64 x 64 (4.7 and 42 MiB), trained from disk with 2 workers; then the larger one

@@ -47,6 +47,7 @@ def resume_after_task_0(run_dir: Path, tmp_path: Path, num_tasks: int) -> dict:
 
 
 @needs_fashion
+@pytest.mark.slow
 def test_lwf_forgets_less_than_finetuning(runs):
     m, _ = runs
     assert m["lwf"]["algorithm"] == "LwF" and m["finetuning"]["algorithm"] == "Finetuning"

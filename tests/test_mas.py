@@ -119,6 +119,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root):
         assert all(torch.equal(before[key][0][n], after[key][0][n]) for n in before[key][0]), key
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
                     reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 def test_forgets_less_than_finetuning_on_permuted_fashion_mnist(tmp_path):

@@ -86,6 +86,7 @@ def test_signal_mid_task_then_resume_gives_the_uninterrupted_matrix(tmp_path, un
     assert a["acc_matrix"] == b["acc_matrix"] and a["loss_matrix"] == b["loss_matrix"]  # bit for bit
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_step_checkpoint_then_the_same_command_goes_on(tmp_path, uninterrupted):
     "SIGKILL (no warning) after a periodic step checkpoint within an epoch; the same command again (a requeued job) goes on from it."
     args = [*BASE, *MODES["one_step"], f"paths.data_dir={tmp_path / 'none'}", "checkpoint.every_n_steps=7", f"paths.output_dir={tmp_path / 'run'}"]

@@ -10,8 +10,8 @@ from clarena.train import compose_config
 
 from conftest import FASHION_DIR
 
-pytestmark = pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                                reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
+                                reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")]
 COMMON = ["data.num_tasks=5", "trainer.limit_train_batches=150", "measure_fwt=false", "trainer.enable_progress_bar=false",
           "trainer.deterministic=true", "seed=0"]
 METHODS = {"EWC": ["model/algorithm=ewc"], "OnlineEWC": ["model/algorithm=online_ewc"], "SI": ["model/algorithm=si"],

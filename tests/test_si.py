@@ -30,6 +30,7 @@ def runs(tmp_path_factory):
 
 
 @needs_fashion
+@pytest.mark.slow
 def test_si_forgets_less_than_finetuning(runs):
     m, _ = runs
     assert m["si"]["algorithm"] == "SI" and m["finetuning"]["algorithm"] == "Finetuning"

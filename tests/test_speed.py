@@ -9,7 +9,7 @@ from clarena.train import compose_config
 
 
 def run(tmp_path, name, data_root, experiment, *extra):
-    cfg = compose_config(experiment, ["data.num_tasks=2", "trainer.deterministic=true", "model.backbone.hidden_dims=[64,64]",
+    cfg = compose_config(experiment, ["data.num_tasks=2", "trainer.max_epochs=1", "trainer.deterministic=true", "model.backbone.hidden_dims=[64,64]",
                                       "trainer.enable_progress_bar=false", "measure_fwt=false",
                                       f"paths.output_dir={tmp_path / name}", f"paths.data_dir={data_root}", *extra])
     return run_experiment(cfg)
