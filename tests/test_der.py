@@ -30,7 +30,7 @@ def derpp_sfmnist(tmp_path_factory):
 @needs_fashion
 def test_derpp_far_above_finetuning_in_cil(derpp_sfmnist, tmp_path):
     ft = run_experiment(compose_config("smnist_cil_finetuning", [*SFMNIST_CIL, f"paths.output_dir={tmp_path}"]))
-    assert derpp_sfmnist["algorithm"] == "DER" and ft["algorithm"] == "Finetuning"
+    assert derpp_sfmnist["algorithm"] == "DER++" and ft["algorithm"] == "Finetuning"
     assert ft["avg_acc"][-1] < 0.3, ft["acc_matrix"][-1]                     # measured: 0.1995
     assert derpp_sfmnist["avg_acc"][-1] >= 0.5, derpp_sfmnist["acc_matrix"]  # measured: 0.7594
     assert min(derpp_sfmnist["acc_matrix"][-1]) > 0.3, derpp_sfmnist["acc_matrix"][-1]  # every task remembered
