@@ -28,7 +28,8 @@ class StepProgressBar(TQDMProgressBar):
     def _chunked(trainer):
         from clarena.data.base import ChunkedBatches
         loader = trainer.train_dataloader
-        return loader if isinstance(loader, ChunkedBatches) else None
+        chunked = isinstance(loader, ChunkedBatches) or getattr(loader, "k", None)  # the loop's ResumableBatches in chunks too
+        return loader if chunked else None
 
     def on_train_epoch_start(self, trainer, pl_module):
         super().on_train_epoch_start(trainer, pl_module)
