@@ -7,7 +7,7 @@ timed in interleaved rounds and medians are reported (a shared machine varies by
 Finetuning is taken per round. Prints a table and writes one JSON line per algorithm to `--out`.
 
     OMP_NUM_THREADS=1 python bench/bench_steps.py --repeat 5 --out bench/results/steps-cpu.jsonl
-    python bench/bench_steps.py --device cuda -- speed.capture=true
+    python bench/bench_steps.py --device cuda --capture      # CUDA graphs for every algorithm that declares it can
 """
 import argparse
 import json
@@ -38,8 +38,12 @@ ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined
 class EpochClock(L.Callback):
     "Times the training epochs of a fit, from the first epoch's start to the last one's end."
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == 0: self.t0 = time.perf_counter()
-    def on_train_epoch_end(self, trainer, pl_module): self.seconds, self.steps = time.perf_counter() - self.t0, trainer.global_step
+        if trainer.current_epoch == 0: self.t0 = self._now(pl_module)
+    def on_train_epoch_end(self, trainer, pl_module): self.seconds, self.steps = self._now(pl_module) - self.t0, trainer.global_step
+    @staticmethod
+    def _now(pl_module):  # on a GPU: once the queued kernels have run
+        if pl_module.device.type == "cuda": torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
 
 
 def time_steps(experiment, overrides, device, batch, extra, tmp, epochs=4):
@@ -58,6 +62,14 @@ def time_steps(experiment, overrides, device, batch, extra, tmp, epochs=4):
     return 1000 * clock.seconds / clock.steps, clock.steps
 
 
+def capture_option(name, capture: bool) -> list:
+    "The override that captures `name`'s steps, if asked for and its class declares it can."
+    from hydra.utils import get_class
+    if not capture: return []
+    cfg = compose_config(ALGORITHMS[name][0], [*ALGORITHMS[name][1], "paths.data_dir=/nonexistent"])
+    return ["speed.capture=true"] if get_class(cfg.model.algorithm._target_).capturable else []
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--algo", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
@@ -65,6 +77,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--capture", action="store_true", help="speed.capture=true for each algorithm whose class declares capturable")
     ap.add_argument("extra", nargs="*", help="overrides for every run (after --)")
     a = ap.parse_args()
     torch.set_num_threads(1) if a.device == "cpu" else None
@@ -76,17 +89,18 @@ def main():
     for r in range(a.repeat):
         for x in algos:
             with tempfile.TemporaryDirectory() as tmp:
-                m, steps[x] = time_steps(*ALGORITHMS[x], a.device, a.batch, a.extra, tmp)
+                m, steps[x] = time_steps(*ALGORITHMS[x], a.device, a.batch, [*a.extra, *capture_option(x, a.capture)], tmp)
                 ms[x].append(m)
     rows = []
     for x in algos:
         base = "Finetuning (TIL)" if x.endswith("(TIL)") and "Finetuning (TIL)" in ms else "Finetuning"
         ratios = [m / b for m, b in zip(ms[x], ms[base])]
         rows.append(dict(algorithm=x, steps=steps[x], ms_per_step=statistics.median(ms[x]), ratio_to_finetuning=statistics.median(ratios),
-                         ratio_range=[min(ratios), max(ratios)], batch=a.batch, repeat=a.repeat, device=a.device,
+                         ratio_range=[min(ratios), max(ratios)], capture=bool(capture_option(x, a.capture)), batch=a.batch, repeat=a.repeat, device=a.device,
                          machine=platform.node(), torch=torch.__version__, extra=a.extra))
     print(f"{'algorithm':18s} {'ms/step':>8s} {'x Finetuning':>13s}  (per round)")
-    for r in rows: print(f"{r['algorithm']:18s} {r['ms_per_step']:8.3f} {r['ratio_to_finetuning']:13.2f}  ({r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f})")
+    for r in rows: print(f"{r['algorithm']:18s} {r['ms_per_step']:8.3f} {r['ratio_to_finetuning']:13.2f}  ({r['ratio_range'][0]:.2f} to {r['ratio_range'][1]:.2f})"
+                         + ("" if r["capture"] or not a.capture else "  (not captured)"))
     if a.out:
         with open(a.out, "a") as f:
             for r in rows: f.write(json.dumps(r) + "\n")

@@ -75,8 +75,8 @@ def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list =
     arena_dir = Path(arena_dir)
     for line in skipped: print(f"[clarena-league] left out: {line}", flush=True)
     cfgs = []
-    for _, _, cfg in runs:
-        OmegaConf.update(cfg, "arena", dict(name=arena_dir.name, dir=str(arena_dir)), force_add=True)
+    for bench, label, cfg in runs:  # the league's names go with the run (arena.* is not part of a run's identity)
+        OmegaConf.update(cfg, "arena", dict(name=arena_dir.name, dir=str(arena_dir), benchmark=bench, label=label), force_add=True)
         cfgs.append(cfg)
     results = Parallel(n_jobs=n_jobs)(delayed(arena_job)(c) for c in cfgs)
     report = write_report(arena_dir)
@@ -84,7 +84,8 @@ def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list =
     return report
 
 def _label(m: dict) -> str:
-    "A run's label in the league: the algorithm's name, with the buffer size of a replay method."
+    "A run's label in the league: the preset's name for it, or (a run from before the league named its runs) the algorithm's, with a replay method's buffer size."
+    if m["config"].get("arena", {}).get("label"): return m["config"]["arena"]["label"]
     size = m["config"]["model"]["algorithm"].get("buffer_size") if not m.get("reference") else None
     return m["algorithm"] if size is None else f"{m['algorithm']} ({size})"
 
@@ -111,7 +112,9 @@ def league_rows(arena_dir) -> list[dict]:
         m = json.loads((Path(arena_dir) / "runs" / r["identity"] / "metrics.json").read_text())
         key = json.dumps([m["config"]["data"], m["config"]["trainer"].get("limit_train_batches"), m["config"]["trainer"].get("max_epochs")], sort_keys=True)
         if key not in steps_of: steps_of[key] = sum(train_steps(m["config"]))  # the same for every run of a benchmark: counted once
-        rows.append(dict(r, algorithm=_label(m), ms_per_step=1000 * sum(m["task_wall_s"]) / steps_of[key]))
+        train_s = sum(m["task_train_s"]) if m.get("task_train_s") and len(m["task_train_s"]) == len(m["task_wall_s"]) else sum(m["task_wall_s"])
+        rows.append(dict(r, algorithm=_label(m), benchmark=m["config"].get("arena", {}).get("benchmark") or r["benchmark"],
+                         ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
 def league_table(rows: list[dict]) -> list[dict]:

@@ -31,9 +31,9 @@ log = logging.getLogger("clarena")
 
 # %% auto #0
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
-           'test_tasks', 'task_data', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options', 'step_checkpoint',
-           'load_reference_runs', 'run_experiment', 'console_log', 'format_matrix', 'format_final', 'RunReport',
-           'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
+           'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
+           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'console_log', 'format_matrix', 'format_final',
+           'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -155,6 +155,17 @@ def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
     device = device or getattr(dm, "train_device", None) or algo.device  # not algo.device alone: Lightning parks the module on the CPU between fits
     return TaskData(t, view, device, dm.num_new_classes(t), earlier=lambda: [task_data(algo, dm, k, device) for k in range(t)],
                     num_tasks=dm.num_tasks)
+
+class TrainClock(L.Callback):
+    """The wall time of the training steps alone: each Lightning training batch from its start to its end (the steps it runs, with their
+    backward passes and optimizer updates), without validation, testing or the task-boundary hooks (a Fisher, herding, pruning).
+    On a GPU it waits for the device at both ends, so queued kernels count where they ran."""
+    def __init__(self, earlier_s: float = 0.0): self.seconds, self._t = earlier_s, None
+    def _now(self, pl_module) -> float:
+        if pl_module.device.type == "cuda": torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx): self._t = self._now(pl_module)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.seconds += self._now(pl_module) - self._t
 
 def fit_task(trainer: L.Trainer, algo, dm, resume_step: dict | None = None):
     """Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`.
@@ -282,7 +293,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
     measure_fwt = cfg.get("measure_fwt", True)
     untrained = copy.deepcopy(algo) if measure_fwt else None
     if cfg.get("compile"): algo.backbone.compile()
-    progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], algorithm_report=[], total_wall_s=0.0)
+    progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], task_train_s=[], algorithm_report=[], total_wall_s=0.0)
     first, step_resume = 0, None
     if resume: first, progress, step_resume = _resume_point(dm, algo, untrained, run_dir)
     else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -308,14 +319,17 @@ def _run_experiment(cfg: DictConfig) -> dict:
                     progress["pre_acc"].append(test_tasks(trainer, algo, dm, [t])[t][0])
                     progress["untrained_acc"].append(test_tasks(trainer, untrained, dm, [t])[t][0])
             t0, earlier_s = time.perf_counter(), resume_step["progress"]["task_elapsed_s"] if resume_step else 0.0
-            def write_step(state, t0=t0, earlier_s=earlier_s):
+            clock = TrainClock(resume_step["progress"].get("task_train_elapsed_s", 0.0) if resume_step else 0.0)
+            trainer.callbacks.append(clock)
+            def write_step(state, t0=t0, earlier_s=earlier_s, clock=clock):
                 now = time.perf_counter()
-                p = dict(progress, task_elapsed_s=earlier_s + now - t0, total_wall_s=before + now - start)
+                p = dict(progress, task_elapsed_s=earlier_s + now - t0, task_train_elapsed_s=clock.seconds, total_wall_s=before + now - start)
                 save_checkpoint(run_dir / "checkpoints" / STEP_CHECKPOINT, algo, config, p, data, step=state)
             cb = step_checkpoint(step_options, signals, write_step, resume_step, t) if trainer.world_size == 1 else None
             if cb is not None: trainer.callbacks.append(cb)
             fit_task(trainer, algo, dm, resume_step)
             progress["task_wall_s"].append(earlier_s + time.perf_counter() - t0)
+            progress.setdefault("task_train_s", []).append(clock.seconds)  # checkpoints from before it was recorded: the later tasks only
             res = test_tasks(trainer, algo, dm, list(range(t + 1)))
             progress["acc_matrix"].append([res[j][0] for j in range(t + 1)])
             progress["loss_matrix"].append([res[j][1] for j in range(t + 1)])
@@ -343,6 +357,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
         out["final_val_avg_acc"] = float(np.mean(out["final_val_acc"]))
     this_part_s = time.perf_counter() - start  # a resumed run: the part after the resume (wall_s_parts: before, after)
     out.update(pre_acc=progress["pre_acc"], untrained_acc=progress["untrained_acc"], task_wall_s=progress["task_wall_s"],
+               task_train_s=progress.get("task_train_s"),
                total_wall_s=before + this_part_s, data_load_s=data_load_s, resumed_at_task=first if resume else None,
                wall_s_parts=[before, this_part_s] if resume else None, data_fingerprint=data["fingerprint"],
                peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
