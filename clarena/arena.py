@@ -15,28 +15,34 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from matplotlib.figure import Figure
 
-from .checkpoints import atomic_write
+from .checkpoints import atomic_write, resumable
 from .loop import run_experiment
 from . import metrics as M
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'PAGE_CSS', 'FIRST_FIGURES',
-           'run_identity', 'benchmark_name', 'arena_job', 'collect', 'summarize_runs', 'report_cells', 'data_note',
-           'report_markdown', 'plot_arena', 'write_report', 'figure_png', 'img_html', 'fmt', 'table_html', 'html_page',
-           'run_figures', 'run_summary_rows', 'acc_matrix_rows', 'run_summary_html', 'report_html', 'run_arena',
-           'ArenaReport', 'main']
+__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'PAGE_CSS',
+           'FIRST_FIGURES', 'run_identity', 'benchmark_name', 'same_data', 'arena_job', 'collect', 'summarize_runs',
+           'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png', 'img_html',
+           'fmt', 'table_html', 'html_page', 'run_figures', 'run_summary_rows', 'acc_matrix_rows', 'run_summary_html',
+           'report_html', 'run_arena', 'ArenaReport', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
-VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "tags", "hydra")
+VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "checkpoint", "tags", "hydra")
 VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+LOCATION_KEYS = ("data.root",)  # where the data is read from, not what it is (the data's fingerprint says that)
 
 def run_identity(cfg: DictConfig) -> str:
     "A short hash of everything in `cfg` that can change the run's results."
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in VOLATILE_KEYS: c.pop(k, None)
     for k in VOLATILE_TRAINER_KEYS: c.get("trainer", {}).pop(k, None)
+    for k in LOCATION_KEYS:
+        *parents, leaf = k.split(".")
+        node = c
+        for p in parents: node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict): node.pop(leaf, None)
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../nbs/10_arena.ipynb #c8be6ee1
@@ -45,31 +51,57 @@ def benchmark_name(cfg) -> str:
     kind = cfg["data"]["_target_"].rsplit(".", 1)[-1].replace("DataModule", "")
     return f"{kind} {cfg['data']['dataset']} ({cfg['data']['scenario']}, {cfg['data']['num_tasks']} tasks)"
 
+def same_data(cfg: DictConfig, metrics: dict) -> str | None:
+    "None if `cfg` loads the data that the finished run of `metrics` (its metrics.json) was trained on; else what differs."
+    recorded = metrics.get("data_fingerprint")
+    if not recorded: return None  # a run from before data fingerprints: nothing to compare with
+    from clarena.loop import make
+    now = make(cfg.data, "data").data_record()
+    if now["fingerprint"] == recorded: return None
+    return (f"it was trained on {metrics.get('data_source')} (data fingerprint {recorded[:12]}), this config loads {now['source']} "
+            f"(fingerprint {now['fingerprint'][:12]}): point data.root (or paths.data_dir) at the run's data, or use another arena.name")
+
+def _record_failure(cfg: DictConfig, rid: str, run_dir: Path | None, error: str, tb: str = ""):
+    "Write a failed run's `failed.json` (into `run_dir`, unless None) and the sweep job's own record; say so."
+    if run_dir is not None:
+        info = dict(identity=rid, experiment=cfg.get("experiment_name"), seed=cfg.get("seed"), error=error, traceback=tb,
+                    config=OmegaConf.to_container(cfg, resolve=False))
+        atomic_write(run_dir / "failed.json", json.dumps(info, indent=1, default=str))
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():  # the sweep's own record, which SweepReport counts for the exit status
+        atomic_write(Path(HydraConfig.get().runtime.output_dir) / "failed.json",
+                     json.dumps(dict(job=HydraConfig.get().job.num, error=error, identity=rid), indent=1))
+    log.error("arena: run %s failed: %s", rid, error)
+    print(f"[clarena-arena] {rid} failed: {error}", flush=True)
+
 def arena_job(cfg: DictConfig) -> float | None:
-    "Run `cfg` as one arena run (skipped if already finished); return its final average accuracy, None if it failed."
+    "Run `cfg` as one arena run (skipped if already finished, resumed if stopped); return its final average accuracy, None if it failed."
     rid = run_identity(cfg)
     run_dir = Path(cfg.arena.dir) / "runs" / rid
     if (run_dir / "metrics.json").exists():
+        m = json.loads((run_dir / "metrics.json").read_text())
+        try: other = same_data(cfg, m)
+        except Exception as e: other = f"its data cannot be loaded to check that it is the run's: {type(e).__name__}: {e}"
+        if other is not None:  # the finished run stays as it is; this job fails, without touching it
+            _record_failure(cfg, rid, None, f"run {rid} finished before on other data: {other}")
+            return None
         log.info("arena: run %s finished before, skipped", rid)
         print(f"[clarena-arena] {rid} finished before: skipped", flush=True)
-        return json.loads((run_dir / "metrics.json").read_text())["final_avg_acc"]
+        return m["final_avg_acc"]
     run_dir.mkdir(parents=True, exist_ok=True)
+    failed_before = (run_dir / "failed.json").exists()
     (run_dir / "failed.json").unlink(missing_ok=True)
     cfg = cfg.copy()
     cfg.paths.output_dir = str(run_dir)
-    OmegaConf.update(cfg, "overwrite", True, force_add=True)  # an unfinished or failed earlier try of this very run: start it afresh
+    if resumable(run_dir) and not failed_before:  # stopped (preempted, killed, requeued) after a checkpoint: go on from it
+        OmegaConf.update(cfg, "resume", str(run_dir), force_add=True)
+        print(f"[clarena-arena] {rid} stopped before it finished: resumed from its last checkpoint", flush=True)
+    else:  # failed, or stopped before its first checkpoint: start it afresh
+        OmegaConf.update(cfg, "overwrite", True, force_add=True)
     try:
         return run_experiment(cfg)["final_avg_acc"]
     except Exception as e:  # a failed run is reported, not fatal to the sweep
-        info = dict(identity=rid, experiment=cfg.get("experiment_name"), seed=cfg.get("seed"), error=f"{type(e).__name__}: {e}",
-                    traceback=traceback.format_exc(), config=OmegaConf.to_container(cfg, resolve=False))
-        atomic_write(run_dir / "failed.json", json.dumps(info, indent=1, default=str))
-        from hydra.core.hydra_config import HydraConfig
-        if HydraConfig.initialized():  # the sweep's own record, which SweepReport counts for the exit status
-            atomic_write(Path(HydraConfig.get().runtime.output_dir) / "failed.json",
-                         json.dumps(dict(job=HydraConfig.get().job.num, error=info["error"], identity=rid), indent=1))
-        log.error("arena: run %s failed: %s", rid, info["error"])
-        print(f"[clarena-arena] {rid} failed: {info['error']}", flush=True)
+        _record_failure(cfg, rid, run_dir, f"{type(e).__name__}: {e}", traceback.format_exc())
         return None
 
 # %% ../nbs/10_arena.ipynb #c25e7ab3

@@ -8,15 +8,15 @@ import importlib.util, logging, os, shutil, socket
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from .core import ConfigError
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'CLUSTER_EXTRA', 'PLUGINS', 'RAY_GCS_PORT', 'RAY_CLIENT_PORT', 'launcher_kind', 'missing_packages',
-           'ray_endpoint', 'check_ray_address', 'check_launcher', 'LauncherCheck']
+__all__ = ['log', 'CLUSTER_EXTRA', 'PLUGINS', 'RAY_GCS_PORT', 'RAY_CLIENT_PORT', 'PARALLELISM', 'launcher_kind',
+           'missing_packages', 'ray_endpoint', 'check_ray_address', 'check_launcher', 'LauncherCheck']
 
 # %% ../nbs/10a_launchers.ipynb #bde64caa
 CLUSTER_EXTRA = 'pip install -e ".[cluster]"'
@@ -80,6 +80,12 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
                           f"hydra.launcher.ray.init.address=null starts a cluster on this machine for the sweep") from None
 
 # %% ../nbs/10a_launchers.ipynb #a8dbedfb
+PARALLELISM = {  # how many jobs at once, for each launcher but joblib
+    "SlurmLauncher": "Slurm runs hydra.launcher.array_parallelism jobs of the array at once",
+    "LocalLauncher": "submitit's local executor starts every job at once",
+    "RayLauncher": "Ray runs as many jobs as the cluster has cores / hydra.launcher.ray.remote.num_cpus",
+}
+
 def _wants_gpu(cfg) -> bool:
     return str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu")) in ("gpu", "cuda")
 
@@ -97,9 +103,9 @@ def check_launcher(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"hydra/launcher={choice} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
                           f"{CLUSTER_EXTRA} (or pip install {' '.join(missing)})")
     launcher = cfg.hydra.launcher
-    if kind != "JoblibLauncher" and "n_jobs" in launcher:
-        with read_write(launcher), open_dict(launcher): del launcher["n_jobs"]
-        log.info("hydra.launcher.n_jobs is the joblib launcher's setting: not used by hydra/launcher=%s", choice)
+    if kind not in (None, "JoblibLauncher") and "n_jobs" in launcher:
+        raise ConfigError(f"hydra.launcher.n_jobs={launcher.n_jobs} is the joblib launcher's setting, which hydra/launcher={choice} does not read: "
+                          f"{PARALLELISM.get(kind, 'it runs the jobs as its plugin schedules them')}")
     if kind == "SlurmLauncher":
         if shutil.which("sbatch") is None:
             raise ConfigError(f"hydra/launcher={choice} submits with Slurm's sbatch, which is not on this machine's PATH: run the sweep on "
@@ -129,4 +135,4 @@ class LauncherCheck(Callback):
                                              trainer=dict(accelerator=accelerator))))
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
-        check_launcher(config)  # on the sweep's own config: drops what the launcher would refuse (n_jobs)
+        check_launcher(config)  # on the sweep's own config

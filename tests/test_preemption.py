@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 
 import pytest
 
@@ -113,3 +114,80 @@ def test_bad_checkpoint_options_are_refused(tmp_path):
     r = cli([*BASE, f"paths.data_dir={tmp_path / 'none'}", f"paths.output_dir={tmp_path / 'x'}", "checkpoint.every_n_steps=0"], tmp_path)
     assert r.returncode == 2 and "checkpoint.every_n_steps must be" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "x" / "config.yaml").exists()  # refused before the run directory is written
+
+
+# The arena: a sweep job whose run is stopped within a task, then the same job again (what submitit's requeue runs, or the
+# same sweep sent again), goes on from the run's step checkpoint under the same identity. The arena's config of this run is
+# the one clarena-train composes above (its identity leaves out paths and checkpoint settings), so its matrix is `uninterrupted`'s.
+ARENA_JOB = [*BASE, "model/algorithm=hat", "data=permuted_mnist", "seed=0", "arena.name=t", "~hydra.callbacks.arena_report",
+             "checkpoint.every_n_steps=5"]
+
+
+def arena_start(args, cwd):
+    return subprocess.Popen([sys.executable, "-c", "from clarena.arena import main; main()", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def the_run(arena_dir, p, timeout=120):
+    "The one run directory of the arena, once the job has made it."
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        runs = list((arena_dir / "runs").glob("*"))
+        if runs: return runs[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no run directory in {arena_dir} (exit status {p.poll()})")
+
+
+def test_arena_run_preempted_then_requeued_resumes(tmp_path, uninterrupted):
+    args = [*ARENA_JOB, "hydra/launcher=basic", f"paths.data_dir={tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}"]
+    arena_dir = tmp_path / "logs" / "arena" / "t"
+    p = arena_start(args, tmp_path)
+    run = the_run(arena_dir, p)
+    wait_for_step_checkpoint(run, p)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == PREEMPTED_EXIT, err[-3000:]
+    assert not (run / "metrics.json").exists() and not (run / "failed.json").exists()
+    step = load_checkpoint(run / "checkpoints" / STEP_CHECKPOINT)["step"]
+    q = arena_start(args, tmp_path)  # the requeued job: the same sweep job again
+    out, err = q.communicate(timeout=600)
+    assert q.returncode == 0, err[-3000:]
+    assert f"[clarena-arena] {run.name} stopped before it finished: resumed from its last checkpoint" in out, out[-3000:]
+    assert f"in task 1 at step {step['global_step']}" in out + err
+    assert [d.name for d in (arena_dir / "runs").iterdir()] == [run.name]  # the same identity: no second run
+    a, b = metrics(run), uninterrupted("chunks")
+    assert a["acc_matrix"] == b["acc_matrix"] and a["loss_matrix"] == b["loss_matrix"]  # bit for bit
+    assert a["resumed_at_task"] == 1
+
+
+def submitit_job_pid(folder, timeout=60):
+    "The pid of the process that runs a submitit job whose pickles are under `folder` (submitit.core._submit)."
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for d in os.listdir("/proc"):
+            try: cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            except (OSError, ValueError): continue
+            if b"submitit.core._submit" in cmd and any(str(folder).encode() in c for c in cmd): return int(d)
+        time.sleep(0.1)
+    raise AssertionError(f"no submitit job process for {folder}")
+
+
+@pytest.mark.skipif(find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason='the cluster extra is not installed (pip install -e ".[cluster]")')
+def test_submitit_requeues_a_preempted_arena_job_which_resumes(tmp_path, uninterrupted):
+    """Slurm's preemption/time-limit signal (USR2) to a job of hydra/launcher=slurm_local: the run writes a step checkpoint, submitit's
+    handler requeues the job (the launcher's checkpoint()), the job runs again and the run goes on: the uninterrupted matrix."""
+    args = [*ARENA_JOB, "hydra/launcher=slurm_local", f"paths.data_dir={tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}"]
+    arena_dir = tmp_path / "logs" / "arena" / "t"
+    p = arena_start(args, tmp_path)
+    run = the_run(arena_dir, p)
+    wait_for_step_checkpoint(run, p)
+    os.kill(submitit_job_pid(arena_dir / "hydra"), signal.SIGUSR2)
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    log = "\n".join(f.read_text() for f in arena_dir.glob("hydra/*/.submitit/*/*_log.*"))
+    assert "clarena: preempted (SIGUSR2): step checkpoint written" in log and "Requeued job" in log, log[-3000:]
+    assert f"[clarena-arena] {run.name} stopped before it finished: resumed from its last checkpoint" in log, log[-3000:]
+    a, b = metrics(run), uninterrupted("chunks")
+    assert a["acc_matrix"] == b["acc_matrix"] and a["loss_matrix"] == b["loss_matrix"]
+    assert a["resumed_at_task"] == 1
