@@ -9,24 +9,20 @@ from __future__ import annotations
 import io, json, logging, sys, tempfile
 
 import numpy as np
-import torch
-import lightning as L
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from matplotlib.figure import Figure
 
 from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 
 from .core import ConfigError, check_positive_int
-from .checkpoints import atomic_write, check_same_data, load_checkpoint, restore
-from .loop import build, quiet_lightning, run_dir_for, test_tasks
 from .train import discard_unused_run_dir, run_cli
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'recorded_data', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'eval_main', 'predict_main']
+__all__ = ['log', 'recorded_data', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'check_request', 'eval_main',
+           'predict_main']
 
 # %% ../nbs/09_eval.ipynb #58519b1f
 def recorded_data(ckpt_path, ckpt: dict) -> dict | None:
@@ -40,6 +36,9 @@ def recorded_data(ckpt_path, ckpt: dict) -> dict | None:
 
 def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = None):
     "The datamodule, the restored algorithm, a test `Trainer` and the checkpoint, ready to evaluate."
+    import lightning as L  # torch and Lightning here, not at import: `clarena-eval --help` and bad input are answered without them
+    from clarena.checkpoints import check_same_data, load_checkpoint, restore
+    from clarena.loop import build, quiet_lightning
     ckpt = load_checkpoint(ckpt_path)
     cfg = OmegaConf.create(ckpt["config"])
     if data_root is not None: cfg.data.root = data_root
@@ -58,6 +57,7 @@ def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = Non
 # %% ../nbs/09_eval.ipynb #2a07dd00
 def evaluate_checkpoint(ckpt_path, trainer: dict | None = None, data_root: str | None = None) -> dict:
     "Recompute the accuracy-matrix row of the checkpoint's task, and compare with the recorded one."
+    from clarena.loop import test_tasks
     dm, algo, tr, ckpt = load_run(ckpt_path, trainer, data_root)
     k = ckpt["cl"]["task_id"]
     res = test_tasks(tr, algo, dm, list(range(k + 1)))
@@ -68,10 +68,14 @@ def evaluate_checkpoint(ckpt_path, trainer: dict | None = None, data_root: str |
                 data_source=dm.data_source)
 
 # %% ../nbs/09_eval.ipynb #d30fe0bf
-def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None = None, data_root: str | None = None) -> dict:
-    "Predicted and true classes of the first `num_samples` test samples of task `task_id`."
+def _check_request(task_id, num_samples):
     if isinstance(task_id, bool) or not isinstance(task_id, int): raise ConfigError(f"task_id must be an integer, got {task_id!r}")
     check_positive_int("num_samples", num_samples)
+
+def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None = None, data_root: str | None = None) -> dict:
+    "Predicted and true classes of the first `num_samples` test samples of task `task_id`."
+    _check_request(task_id, num_samples)
+    import torch
     dm, algo, tr, ckpt = load_run(ckpt_path, trainer, data_root)
     k = ckpt["cl"]["task_id"]
     if not 0 <= task_id <= k: raise ConfigError(f"task_id={task_id}: the checkpoint has seen tasks 0..{k}")
@@ -90,6 +94,7 @@ def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None
 
 def plot_predictions(p: dict, cols: int = 8) -> Figure:
     "A grid of the samples with their true and predicted classes (wrong ones in red)."
+    from matplotlib.figure import Figure
     n = len(p["true"]); rows = -(-n // cols)
     fig = Figure(figsize=(1.3 * cols, 1.5 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).flatten()
@@ -111,15 +116,24 @@ def _fail(e: ConfigError, cfg: DictConfig):
     discard_unused_run_dir(HydraConfig.get().runtime.output_dir, cfg.paths.get("log_dir"))
     sys.exit(2)
 
+def check_request(cfg: DictConfig) -> DictConfig:
+    "Raise `ConfigError` for a bad `clarena-eval` or `clarena-predict` config (no checkpoint, `num_samples=0`); run by `InputCheck` before the run directory is made."
+    if "task_id" in cfg: _check_request(cfg.task_id, cfg.num_samples)
+    _ckpt_path(cfg, "clarena-predict" if "task_id" in cfg else "clarena-eval")
+    return cfg
+
 def _ckpt_path(cfg: DictConfig, app: str) -> str:
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise ConfigError(f"{app} needs a checkpoint: {app} ckpt_path=<run dir>/checkpoints/task_<k>.ckpt")
+    if not Path(cfg.ckpt_path).is_file(): raise ConfigError(f"checkpoint {cfg.ckpt_path} does not exist")  # before torch is imported
     return cfg.ckpt_path
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
 def _eval(cfg: DictConfig):
     try: e = evaluate_checkpoint(_ckpt_path(cfg, "clarena-eval"), OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"))
     except ConfigError as err: _fail(err, cfg)
+    from clarena.checkpoints import atomic_write
+    from clarena.loop import run_dir_for
     out = run_dir_for(cfg)
     atomic_write(out / "eval.json", json.dumps(e, indent=1))
     print(f"task {e['task_id']}: accuracy on tasks 0..{e['task_id']} = {[round(a, 4) for a in e['acc']]} "
@@ -127,9 +141,13 @@ def _eval(cfg: DictConfig):
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def _predict(cfg: DictConfig):
-    try: p = predict(_ckpt_path(cfg, "clarena-predict"), cfg.task_id, cfg.num_samples, OmegaConf.to_container(cfg.trainer, resolve=True),
-                     cfg.get("data_root"))
+    try:
+        _check_request(cfg.task_id, cfg.num_samples)  # before the checkpoint is looked for
+        p = predict(_ckpt_path(cfg, "clarena-predict"), cfg.task_id, cfg.num_samples, OmegaConf.to_container(cfg.trainer, resolve=True),
+                    cfg.get("data_root"))
     except ConfigError as err: _fail(err, cfg)
+    from clarena.checkpoints import atomic_write
+    from clarena.loop import run_dir_for
     out = run_dir_for(cfg)
     buf = io.BytesIO(); plot_predictions(p).savefig(buf, format="png", dpi=100); atomic_write(out / "predictions.png", buf.getvalue())
     lines = ["index,true,pred,confidence"] + [f"{i},{t},{q},{c:.4f}" for i, (t, q, c) in enumerate(zip(p["true"], p["pred"], p["confidence"]))]

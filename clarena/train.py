@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #da208bcc
 from __future__ import annotations
-import inspect, json, logging, os, re, shutil, signal, sys, traceback
+import inspect, json, logging, os, re, shutil, signal, sys, textwrap, traceback
 from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
@@ -16,14 +16,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .core import ConfigError, TrainingError
+from .core import SCENARIOS, ConfigError, TrainingError, check_choice, check_positive_int
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'ACCELERATORS', 'RESUME_OVERRIDES', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
-           'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'input_error',
-           'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
+__all__ = ['log', 'ACCELERATORS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES', 'APP_DESCRIPTIONS', 'compose_config',
+           'absolute_data_root', 'check_values', 'check_run_config', 'resume_config', 'failure',
+           'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help', 'input_error', 'run_cli',
+           'job_failed', 'SweepReport', 'InputCheck']
 
 # %% ../nbs/08_cli.ipynb #8c1a0002
 def _forward(name: str):
@@ -62,16 +63,34 @@ def _accelerator_available(name: str) -> bool:
     if name == "mps": return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     return True
 
+def _integer(what, v):
+    if isinstance(v, bool) or not isinstance(v, int): raise ConfigError(f"{what} must be an integer, got {v!r}")
+
+def _positive_number(what, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0: raise ConfigError(f"{what} must be a number > 0, got {v!r}")
+
+def _choice(*choices): return lambda what, v: check_choice(what, v, choices)
+def _optional(check): return lambda what, v: None if v is None else check(what, v)
+
+REFERENCE_NAMES = ("joint", "independent", "random")  # the keys of clarena.algorithms.references.REFERENCES, which imports torch
+
+VALUE_CHECKS = {
+    "seed": _integer, "trainer.accelerator": _choice(*ACCELERATORS), "model.optimizer.lr": _positive_number,
+    "trainer.max_epochs": check_positive_int,
+    "data.num_tasks": check_positive_int, "data.batch_size": check_positive_int, "data.eval_batch_size": check_positive_int,
+    "data.scenario": _choice(*SCENARIOS), "data.loader": _choice("device", "dataloader"),
+    "speed.steps_per_call": lambda what, v: v == "auto" or check_positive_int(what, v), "speed.capture_warmup": check_positive_int,
+    "checkpoint.every_n_steps": _optional(check_positive_int), "checkpoint.every_minutes": _optional(_positive_number),
+    "reference": _optional(_choice(*REFERENCE_NAMES)),
+}
+
 def check_values(cfg: DictConfig) -> DictConfig:
-    "Raise `ConfigError` for a plain value that is wrong (the seed, the accelerator's name, the learning rate); imports nothing heavy."
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int): raise ConfigError(f"seed must be an integer, got {seed!r}")
-    acc = cfg.trainer.get("accelerator", "auto")
-    if acc not in ACCELERATORS: raise ConfigError(f"unknown trainer.accelerator {acc!r}; valid choices: {', '.join(map(repr, ACCELERATORS))}")
-    opt = cfg.model.get("optimizer")
-    lr = opt.get("lr") if opt is not None else 1
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"model.optimizer.lr must be a number > 0, got {lr!r}")
+    "Raise `ConfigError` for a plain value that is out of range or not one of its choices (`VALUE_CHECKS`: key -> check); imports nothing heavy."
+    for key, check in VALUE_CHECKS.items():
+        node, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, node) if node else cfg
+        if not OmegaConf.is_dict(parent) or leaf not in parent: continue  # a config without this key (clarena-eval's, a datamodule without it)
+        check(key, OmegaConf.select(cfg, key))
     return cfg
 
 def check_run_config(cfg: DictConfig) -> DictConfig:
@@ -196,6 +215,50 @@ def fast_exit(code: int = 0):
     logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
     os._exit(code)
 
+# %% ../nbs/08_cli.ipynb #401a1b8f
+APP_DESCRIPTIONS = {"config": "train a continual-learning experiment: tasks in sequence, the accuracy matrix and the CL metrics in a run directory"}
+
+def _primary_defaults(name: str, conf_dir: Path) -> dict:
+    "group -> default option of primary config `name`, following the primary configs it builds on (the arena's `config`)."
+    import yaml
+    out = {}
+    for d in (yaml.safe_load((conf_dir / f"{name}.yaml").read_text()) or {}).get("defaults", []):
+        if isinstance(d, str) and d != "_self_" and (conf_dir / f"{d}.yaml").is_file(): out |= _primary_defaults(d, conf_dir)
+        elif isinstance(d, dict): out |= {k.removeprefix("override ").strip(): v for k, v in d.items()}
+    return out
+
+def _flat_keys(d: dict, prefix: str = "") -> list:
+    return [kv for k, v in d.items() if k not in ("defaults", "hydra")
+            for kv in (_flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)])]
+
+def cli_help(config_name: str = "config", prog: str = "clarena-train") -> str:
+    "The `--help` of the clarena app over primary config `config_name`, read from the config tree's files (no config is composed, nothing heavy imported)."
+    import yaml
+    from clarena.config_table import CONF_DIR, config_options, option_summary
+    defaults = _primary_defaults(config_name, CONF_DIR)
+    options = {}
+    for group, option, _, _ in config_options():
+        if group and any(group == g or group.startswith(g + "/") for g in defaults): options.setdefault(group, []).append(option)
+    width = max(map(len, options), default=0) + 2
+    lines = [f"{prog}: {APP_DESCRIPTIONS.get(config_name) or option_summary(CONF_DIR / f'{config_name}.yaml').removeprefix(prog + ': ')}", "",
+             f"usage: {prog} [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]", "",
+             "config groups (group=option; * the default):"]
+    for group in sorted(options, key=lambda g: (list(defaults).index(g) if g in defaults else len(defaults), g)):
+        d = defaults.get(group)
+        opts = [o + "*" if o == d else o for o in options[group]] + ([f"(default {d})"] if d and d not in options[group] else [])
+        lines += textwrap.wrap(", ".join(opts), 110, initial_indent=f"  {group:{width}}", subsequent_indent=" " * (width + 2))
+    keys, name = {}, config_name
+    while name:  # the primary config's own keys, over those of the one it builds on
+        cfg = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()) or {}
+        keys = dict(_flat_keys(cfg)) | keys
+        name = next((d for d in cfg.get("defaults", []) if isinstance(d, str) and (CONF_DIR / f"{d}.yaml").is_file()), None)
+    lines += ["", "keys (key=value; the default shown):"]
+    lines += textwrap.wrap(", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in keys.items()), 110,
+                           initial_indent="  ", subsequent_indent="  ")
+    lines += ["", f"`{prog} <overrides> --cfg job` prints the config the overrides compose; `-m` sweeps comma-separated values "
+              f"(seed=0,1,2); `--hydra-help` lists Hydra's own flags. Bad input: one line, exit status 2."]
+    return "\n".join(lines)
+
 # %% ../nbs/08_cli.ipynb #e7b2c9d1
 def _chain(e: BaseException):
     while e is not None:
@@ -220,8 +283,17 @@ def input_error(e: BaseException) -> str | None:
         return f"configuration error: cannot create the run directory: {e}; set paths.log_dir or paths.output_dir to a writable place"
     return None
 
+def _config_name(app) -> str:
+    "The primary config a `@hydra.main` function composes (its decorator's `config_name`)."
+    free = dict(zip(app.__code__.co_freevars, (c.cell_contents for c in app.__closure__ or ())))
+    return free.get("config_name") or "config"
+
 def run_cli(app):
-    "Run the Hydra app `app` (a `@hydra.main` function): bad input is one line and exit status 2, Ctrl-C exit status 130."
+    "Run the Hydra app `app` (a `@hydra.main` function): `--help` at once (`cli_help`), bad input one line and exit status 2, Ctrl-C exit status 130."
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        name = _config_name(app)
+        print(cli_help(name, "clarena-" + {"config": "train"}.get(name, name)))
+        sys.exit(0)  # as Hydra's own --help
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try: signal.signal(signal.SIGINT, _on_sigint)
@@ -255,6 +327,7 @@ class SweepReport(Callback):
     failed: list = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
+        _check_or_exit(config)  # first: resolving the sweep directory imports torch (clarena.checkpoints)
         with read_write(config.hydra.sweep), open_dict(config.hydra.sweep):
             config.hydra.sweep.dir = str(config.hydra.sweep.dir)  # resolved once: its name has a random part
 
@@ -267,14 +340,24 @@ class SweepReport(Callback):
             print(f"clarena: {len(failed)} of {len(jobs)} sweep jobs failed (their failed.json in {sweep_dir}): " +
                   "; ".join(f"job {f['job']}: {f['error'][:200]}" for f in failed), file=sys.stderr, flush=True)
 
+def _check_or_exit(config: DictConfig, check=check_values):
+    "`check(config)`, or one line and exit status 2 (Hydra turns a callback's exception into a warning: stop here, as `run_cli` would)."
+    if config.get("resume"): return  # the run's own config.yaml is checked by the run
+    try: check(config)
+    except ConfigError as e:
+        print(f"clarena: configuration error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
 class InputCheck(Callback):
-    "Hydra callback (`conf/config.yaml`): check a single run's plain values (`check_values`) before Hydra makes its run directory, and before torch and Lightning are imported."
+    """Hydra callback (`conf/config.yaml`): check a single run's plain values (`check_values`) before Hydra makes its run directory, and
+    before torch and Lightning are imported. A sweep's are checked by `SweepReport` when it starts: Hydra composes a sweep's config
+    without the swept overrides, so what is left there every job gets (a swept value is checked by its job). `check`: the dotted name
+    of another function of the config to call (`clarena.evaluate.check_request` for `clarena-eval` and `clarena-predict`)."""
+    def __init__(self, check: str | None = None): self.check = check
+
     def on_run_start(self, config: DictConfig, **kwargs):
-        if config.get("resume"): return  # the run's own config.yaml is checked by the run
-        try: check_values(config)
-        except ConfigError as e:  # Hydra turns a callback's exception into a warning: stop here, as run_cli would
-            print(f"clarena: configuration error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        from hydra.utils import get_method
+        _check_or_exit(config, get_method(self.check) if self.check else check_values)
 
 # %% ../nbs/08_cli.ipynb #b5e1f7a3
 def __getattr__(name):
