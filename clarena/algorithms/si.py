@@ -29,6 +29,7 @@ class SI(CLAlgorithm):
         # by parameter name: Omega (importance), theta~ (anchor), this task's omega, theta at the task's start
         self.importance, self.anchor, self.omega, self.start = {}, {}, {}, {}
         self._trained, self._placed, self._cap = None, False, None
+        self._restored_in_task = False  # load_state brought this task's omega and theta at its start (a step checkpoint)
 
     def on_task_start(self, task_id, data): self._placed = False
 
@@ -41,15 +42,20 @@ class SI(CLAlgorithm):
         if not self._placed: self._place()
 
     def _place(self):
-        "At the task's first step, on the device it trains on: omega = 0, theta at the task's start kept, Omega and theta~ grown to new parameters."
+        "At the task's first step (or the first after a resume within the task), on the device it trains on: omega = 0 and theta at the task's start kept (or those restored), Omega and theta~ grown to new parameters."
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         with torch.no_grad():
             self.importance = {n: grown(self.importance.get(n), p) for n, p in named}
             # the importance the penalty uses this task: capped where the penalty alone would make plain SGD diverge
             self.stiffness = {n: v.clamp(max=self._cap) if self._cap else v for n, v in self.importance.items()}
             if self.anchor: self.anchor = {n: grown(self.anchor.get(n), p) for n, p in named}
-            self.omega = {n: torch.zeros_like(p) for n, p in named}
-            self.start = {n: p.detach().clone() for n, p in named}
+            if self._restored_in_task:  # resumed within the task: go on with its omega and its start, not from here
+                self.omega = {n: grown(self.omega.get(n), p) for n, p in named}
+                self.start = {n: grown(self.start.get(n), p) for n, p in named}
+            else:
+                self.omega = {n: torch.zeros_like(p) for n, p in named}
+                self.start = {n: p.detach().clone() for n, p in named}
+        self._restored_in_task = False
         self._names, self._params = [n for n, _ in named], [p for _, p in named]
         self._trained, self._placed = None, True  # the parameters this task trains: found at its first backward
 
@@ -89,9 +95,12 @@ class SI(CLAlgorithm):
         self.anchor = {n: p.detach().clone() for n, p in zip(self._names, self._params)}
         self._trained, self._placed = None, False
 
-    def state(self) -> dict: return dict(importance=self.importance, anchor=self.anchor, omega=self.omega, start=self.start)
+    def state(self) -> dict:
+        # in_task: omega and start are this task's, its training under way (a step checkpoint); else the last finished task's
+        return dict(importance=self.importance, anchor=self.anchor, omega=self.omega, start=self.start, in_task=self._placed)
     def load_state(self, state: dict):
         self.importance, self.anchor, self.omega, self.start = (dict(state[k]) for k in ("importance", "anchor", "omega", "start"))
+        self._restored_in_task = bool(state.get("in_task", False))
 
     def task_report(self, task_id: int) -> dict:
         "The importance after the task: its mean, and its total over the backbone."
