@@ -61,6 +61,26 @@ def test_every_page_is_run_for_the_docs():
         assert re.search(rf"^experiment {nb.stem} ", docs, re.M), f"{nb.name} is not run by .ci/docs: its page would show no results"
 
 
+def test_the_committed_reports_are_pages_with_their_results():
+    # the executed reports (the full league, the regularisation arena) are pages of the site, outputs as committed
+    docs, sidebar = (ROOT / ".ci" / "docs").read_text(), (NBS / "sidebar.yml").read_text()
+    assert 'cp reports/*.ipynb "$pages/reports/"' in docs and '"reports")' in docs  # copied, and checked for results
+    reports = sorted((ROOT / "reports").glob("*.ipynb"))
+    assert len(reports) >= 2
+    code = ("import os, sys, json; os.environ['IN_TEST'] = '1'\n"
+            "from fastcore.nbio import read_nb\nfrom nbdev.processors import FilterDefaults\n"
+            "for name in sys.argv[1:]:\n"
+            "    nb = read_nb(name); FilterDefaults()(nb)\n"
+            "    print(json.dumps({name: sum('image/png' in o.get('data', {}) for c in nb.cells for o in c.get('outputs', []))}))\n")
+    r = subprocess.run([sys.executable, "-c", code, *map(str, reports)], cwd=NBS, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = {k: v for line in r.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
+    for nb in reports:
+        assert f"reports/{nb.name}" in sidebar, f"{nb.name} is not in nbs/sidebar.yml"
+        assert figures[str(nb)] >= 1, f"{nb.name}: no figure left after nbdev's processing"
+
+
 def test_the_chapters_pages_build_with_their_figures_and_table(tmp_path):
     # nbdev's processing of a page, as nbdev-proc-nbs runs it: it crashed on 04_metrics; its exec_doc cells show results
     code = ("import os, sys, json; os.environ['IN_TEST'] = '1'\n"
