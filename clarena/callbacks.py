@@ -10,19 +10,74 @@ import math, sys
 from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from tqdm.std import tqdm as text_tqdm
 
 # %% auto #0
-__all__ = ['StepProgressBar', 'PatienceLR', 'ProfilerReport']
+__all__ = ['live_widgets', 'live_display', 'LineBar', 'StepProgressBar', 'PatienceLR', 'ProfilerReport']
+
+# %% ../nbs/05b_callbacks.ipynb #f28aa9af
+def live_widgets() -> bool:
+    "Whether this code runs in a kernel that a notebook frontend (JupyterLab, Notebook 7, VS Code) drives, so a widget can render."
+    try:
+        from IPython import get_ipython
+        from ipywidgets import Widget
+    except ImportError: return False
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None: return False  # plain IPython, or nbdev's in-process execution (tests, docs)
+    if Widget._control_comm is not None: return True  # a widget manager attached after ipywidgets was imported
+    try: parent = kernel.get_parent()  # the cell's execute request: notebook frontends name the cell, papermill/nbclient do not
+    except Exception: return False
+    return bool((parent or {}).get("metadata", {}).get("cellId"))
+
+def live_display(file=None) -> bool:
+    "Whether a bar redrawn in place can be watched: in a Jupyter kernel, a frontend drives it (`live_widgets`); elsewhere `file` (stdout) is a terminal."
+    try:
+        from IPython import get_ipython
+        if getattr(get_ipython(), "kernel", None) is not None: return live_widgets()
+    except ImportError: pass
+    file = file or sys.stdout
+    return bool(getattr(file, "isatty", lambda: False)())
+
+class LineBar(text_tqdm):
+    "A tqdm bar that draws nothing by itself: `line()` writes its state as one plain line (for output that cannot be redrawn in place)."
+    format_num = staticmethod(Tqdm.format_num)  # Lightning's rounding of the metrics in the postfix
+
+    def display(self, msg=None, pos=None): return True
+
+    def line(self):
+        if self.disable: return
+        self.fp.write(str(self) + "\n")
+        self.fp.flush()
+
+    def close(self):
+        self.sp = None  # nothing was drawn in place: nothing to leave or take back
+        super().close()
 
 # %% ../nbs/05b_callbacks.ipynb #5b1c0a02
 class StepProgressBar(TQDMProgressBar):
-    "Lightning's TQDM bar, counting training steps (also when one Lightning step runs several), at steps/s, per task, without `v_num`."
+    """Lightning's TQDM bar, counting training steps (also when one Lightning step runs several), at steps/s, per task, without `v_num`;
+    live where it can be redrawn, else (`static`; None: `not live_display()`) at most `lines` plain lines a task."""
     BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
 
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False, static: bool | None = None, lines: int = 10):
+        super().__init__(refresh_rate, process_position, leave)
+        self.static, self.lines = static, lines
+
+    def in_lines(self) -> bool: return self.static if self.static is not None else not live_display(sys.stdout)
+
     def init_train_tqdm(self):
-        bar = super().init_train_tqdm()
+        if self.in_lines():  # never Lightning's bar here: in a kernel it would display a widget at once
+            bar, self._mark = LineBar(desc=self.train_description, disable=self.is_disabled, file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT), 0
+        else: bar = super().init_train_tqdm()
         bar.unit = " steps"
         return bar
+
+    # lines: no validation, test or sanity-check bars, a few lines a task are the point
+    def init_validation_tqdm(self): return LineBar(disable=True) if self.in_lines() else super().init_validation_tqdm()
+    def init_sanity_tqdm(self): return LineBar(disable=True) if self.in_lines() else super().init_sanity_tqdm()
+    def init_test_tqdm(self): return LineBar(disable=True) if self.in_lines() else super().init_test_tqdm()
+    def init_predict_tqdm(self): return LineBar(disable=True) if self.in_lines() else super().init_predict_tqdm()
 
     @staticmethod
     def _chunked(trainer):
@@ -38,14 +93,33 @@ class StepProgressBar(TQDMProgressBar):
         task = getattr(pl_module, "task_id", None)
         self.train_progress_bar.set_description((f"task {task} " if task is not None else "") + f"epoch {trainer.current_epoch}")
 
+    def _line_mark(self, trainer, n: int, total) -> int:
+        "How many of the task's `lines` are due after `n` steps of this epoch (spread over every epoch when their number is known)."
+        part = n / total if total else 0.0
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if epochs is None: return trainer.current_epoch * self.lines + int(part * self.lines)
+        return int((trainer.current_epoch + part) / epochs * self.lines)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         from clarena.data.base import IndexChunk
         n = batch.first + len(batch.indices) if isinstance(batch, IndexChunk) else batch_idx + 1  # training steps done in this epoch
         bar = self.train_progress_bar
-        if bar is not None and not bar.disable and (n % self.refresh_rate == 0 or n == bar.total or isinstance(batch, IndexChunk)):
-            bar.n = n
+        if bar is None or bar.disable: return
+        if isinstance(bar, LineBar):
+            mark = self._line_mark(trainer, n, bar.total)
+            if mark <= self._mark: return
+            self._mark = mark
+        elif not (n % self.refresh_rate == 0 or n == bar.total or isinstance(batch, IndexChunk)): return
+        bar.n = n
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.line() if isinstance(bar, LineBar) else bar.refresh()
+
+    def on_train_end(self, trainer, pl_module):
+        bar = self.train_progress_bar
+        if isinstance(bar, LineBar) and self._mark < self.lines:  # stopped early (or steps unknown): where it stopped
             bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
+            bar.line()
+        super().on_train_end(trainer, pl_module)
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)

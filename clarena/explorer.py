@@ -16,14 +16,15 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from . import metrics as M
+from .callbacks import live_widgets
 from .checkpoints import load_checkpoint
 from .arena import (benchmark_name, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, data_note, figure_png, img_html,
                            table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows)
 
 # %% auto #0
 __all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'run_label',
-           'run_markdown', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks', 'live_widgets',
-           'run_view_figures', 'run_view_html', 'arena_view_html', 'Explorer', 'explore']
+           'run_markdown', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures',
+           'run_view_html', 'arena_view_html', 'Explorer', 'explore']
 
 # %% ../nbs/11_explorer.ipynb #e1a0c006
 def project_root(start=None) -> Path:
@@ -116,19 +117,6 @@ def plot_task_masks(masks: list, task_id: int, label: str = "") -> Figure:
     return fig
 
 # %% ../nbs/11_explorer.ipynb #e1a0c012
-def live_widgets() -> bool:
-    "Whether this code runs in a kernel that a notebook frontend (JupyterLab, Notebook 7, VS Code) drives, so a widget can render."
-    try:
-        from IPython import get_ipython
-        from ipywidgets import Widget
-    except ImportError: return False
-    kernel = getattr(get_ipython(), "kernel", None)
-    if kernel is None: return False  # plain IPython, or nbdev's in-process execution (tests, docs)
-    if Widget._control_comm is not None: return True  # a widget manager attached after ipywidgets was imported
-    try: parent = kernel.get_parent()  # the cell's execute request: notebook frontends name the cell, papermill/nbclient do not
-    except Exception: return False
-    return bool((parent or {}).get("metadata", {}).get("cellId"))
-
 def run_view_figures(run_dir, m: dict | None = None) -> dict:
     "The figures of a finished run's view, from its `metrics.json`: accuracy matrix, average accuracy, each task's accuracy."
     m = m or json.loads((Path(run_dir) / "metrics.json").read_text())
