@@ -19,12 +19,13 @@ if not hasattr(clarena.loop, "checkpoint_options"):  # until the loop chapter wi
     pytest.skip("step checkpoints are not wired into clarena.loop yet", allow_module_level=True)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-# HAT: its step hooks see the batch index (s is annealed over the epoch); 3 epochs of 100 batches per task; SGD with momentum,
-# a plateau scheduler and the HAT paper's PatienceLR callback, whose states a step checkpoint must carry
+# HAT: its step hooks see the batch index (s is annealed over the epoch); 3 epochs of 100 batches per task; SGD with momentum
+# and the HAT paper's PatienceLR callback, whose states a step checkpoint must carry; one step per Lightning step also with a
+# plateau scheduler (Lightning steps schedulers only there: chunks refuse one), whose state it must carry too
 BASE = ["experiment=pmnist_hat", "data.num_tasks=2", "trainer.max_epochs=3", "trainer.limit_train_batches=100", "measure_fwt=false",
         "model.backbone.hidden_dims=[64,64]", "trainer.deterministic=true", "trainer.enable_progress_bar=false",
-        "model.optimizer.momentum=0.9", "model/scheduler=plateau", "callbacks=hat_paper_lr"]
-MODES = {"chunks": [], "one_step": ["speed.steps_per_call=1"]}
+        "model.optimizer.momentum=0.9", "callbacks=hat_paper_lr"]
+MODES = {"chunks": [], "one_step": ["speed.steps_per_call=1", "model/scheduler=plateau"]}
 
 
 def cli(args, cwd):
@@ -80,6 +81,7 @@ def test_signal_mid_task_then_resume_gives_the_uninterrupted_matrix(tmp_path, un
     step = load_checkpoint(run / "checkpoints" / STEP_CHECKPOINT)["step"]
     assert step["task_id"] == 1 and set(step) >= {"optimizers", "schedulers", "callbacks", "loops", "data", "rng", "global_step"}
     assert step["optimizers"][0]["state"], "SGD's momentum is in it"
+    if mode == "one_step": assert step["schedulers"] and "num_bad_epochs" in step["schedulers"][0]  # the plateau scheduler's state
     r = cli([f"resume={run}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming {run} in task 1 at step {step['global_step']} (epoch {step['epoch']}, batch {step['batch']})" in r.stdout + r.stderr
@@ -114,6 +116,17 @@ def test_bad_checkpoint_options_are_refused(tmp_path):
     r = cli([*BASE, f"paths.data_dir={tmp_path / 'none'}", f"paths.output_dir={tmp_path / 'x'}", "checkpoint.every_n_steps=0"], tmp_path)
     assert r.returncode == 2 and "checkpoint.every_n_steps must be" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "x" / "config.yaml").exists()  # refused before the run directory is written
+
+
+def test_a_scheduler_with_chunks_is_refused(tmp_path):
+    "Lightning steps a scheduler only with one step per Lightning step: chunks with one would leave it never stepped."
+    r = cli([*BASE, "model/scheduler=plateau", "speed.steps_per_call=8", f"paths.data_dir={tmp_path / 'none'}", f"paths.output_dir={tmp_path / 'x'}"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("clarena: configuration error: speed.steps_per_call=8 with model.scheduler="
+                                                         "torch.optim.lr_scheduler.ReduceLROnPlateau: Lightning steps a scheduler only"), r.stderr[-2000:]
+    assert not (tmp_path / "x" / "config.yaml").exists()
+    from clarena.loop import build
+    assert build(compose_config(None, [*BASE, "model/scheduler=plateau", f"paths.data_dir={tmp_path / 'none'}"]))[1].steps_per_call == 1  # auto
 
 
 # The arena: a sweep job whose run is stopped within a task, then the same job again (what submitit's requeue runs, or the

@@ -86,8 +86,8 @@ def _count_step(trainer):
 # %% ../../nbs/05c_fastpath.ipynb #89fdc4e1
 AUTO_STEPS_PER_CALL = 32  # what speed.steps_per_call=auto takes where chunks can run
 
-def speed_blockers(tr, dm) -> list:
-    "Why several steps per Lightning step cannot run with this trainer and data (empty: they can)."
+def speed_blockers(tr, dm, scheduler=None) -> list:
+    "Why several steps per Lightning step cannot run with this trainer, data and learning-rate scheduler (empty: they can)."
     out = []
     if dm.loader != "device": out.append(f"needs data.loader=device (batches gathered by index on the device), got data.loader={dm.loader!r}")
     if "ddp" in str(tr.get("strategy", "auto")) or (isinstance(tr.get("devices"), int) and tr.devices > 1):
@@ -98,6 +98,9 @@ def speed_blockers(tr, dm) -> list:
     if (tr.get("accumulate_grad_batches") or 1) != 1 or tr.get("gradient_clip_val"):
         out.append(f"runs each step itself: trainer.accumulate_grad_batches={tr.get('accumulate_grad_batches')} and "
                    f"trainer.gradient_clip_val={tr.get('gradient_clip_val')} must be 1 and null")
+    if scheduler:
+        out.append(f"with model.scheduler={scheduler.get('_target_', scheduler)}: Lightning steps a scheduler only with one step per "
+                   f"Lightning step (under chunks it would never be stepped); use speed.steps_per_call=1 or auto, or no model.scheduler")
     return out
 
 def configure_speed(cfg, dm, algo):
@@ -105,7 +108,7 @@ def configure_speed(cfg, dm, algo):
     speed = dict(cfg.get("speed") or {})
     unknown = set(speed) - {"steps_per_call", "capture", "capture_warmup"}
     if unknown: raise ConfigError(f"unknown speed option(s) {sorted(unknown)}; valid: 'steps_per_call', 'capture', 'capture_warmup'")
-    tr, blockers, limits, name = cfg.trainer, speed_blockers(cfg.trainer, dm), dict(algo.speed_limits()), type(algo).__name__
+    tr, blockers, limits, name = cfg.trainer, speed_blockers(cfg.trainer, dm, (cfg.get("model") or {}).get("scheduler")), dict(algo.speed_limits()), type(algo).__name__
     auto = speed.get("steps_per_call") == "auto"
     if auto:  # chunks wherever they can run; one step per Lightning step in the debug modes
         debug = tr.get("fast_dev_run") or tr.get("overfit_batches")
