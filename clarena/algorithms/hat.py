@@ -10,6 +10,7 @@ import logging, warnings
 import torch
 from torch import nn
 from matplotlib.figure import Figure
+from ..metrics import InlineFigure
 
 from ..core import ConfigError
 from .base import CLAlgorithm, check_number
@@ -171,7 +172,7 @@ class HAT(CLAlgorithm):
 def plot_capacity(reports: list) -> Figure:
     "Per layer: units used by each task and by all tasks so far, after each task."
     n_layers = len(reports[0]["task_capacity"])
-    fig = Figure(figsize=(4 * n_layers, 3))
+    fig = InlineFigure(figsize=(4 * n_layers, 3), layout="constrained")
     axes = fig.subplots(1, n_layers, squeeze=False)[0]
     ts = [r["task_id"] for r in reports]
     for l, ax in enumerate(axes):
@@ -179,7 +180,6 @@ def plot_capacity(reports: list) -> Figure:
         ax.plot(ts, [r["cumulative_capacity"][l] for r in reports], marker="o", label="all tasks so far")
         ax.set(title=f"HAT capacity, layer {l}", xlabel="task", ylabel="fraction of units", ylim=(0, 1.02))
         ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 def plot_masks(hat: HAT) -> list:
@@ -188,10 +188,9 @@ def plot_masks(hat: HAT) -> list:
     with torch.no_grad():
         for l, n in enumerate(hat.backbone.mask_sizes):
             A = torch.stack([torch.sigmoid(hat.s_max * hat.embeddings[t][l]) for t in range(len(hat.embeddings))]).cpu().numpy()
-            fig = Figure(figsize=(8, 0.6 + 0.3 * len(A)))
+            fig = InlineFigure(figsize=(8, 1.2 + 0.3 * len(A)), layout="constrained")
             ax = fig.subplots()
             ax.imshow(A, aspect="auto", vmin=0, vmax=1, cmap="Greys", interpolation="nearest")
             ax.set(title=f"HAT masks, layer {l} ({n} units)", xlabel="unit", ylabel="task", yticks=range(len(A)))
-            fig.tight_layout()
             figs.append(fig)
     return figs
