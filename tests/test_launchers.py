@@ -31,7 +31,7 @@ needs_cluster = pytest.mark.skipif(not CLUSTER, reason='the cluster extra is not
 
 
 def arena(tmp_path, *args, python=None, data_dir=None):
-    "clarena-arena in `tmp_path`; the data root (an empty folder: the bundled MNIST sample) is part of a run's identity."
+    "clarena-arena in `tmp_path`; the data root: an empty folder (the bundled MNIST sample) unless `data_dir` names another."
     cmd = ARENA if python is None else [sys.executable, "-c", python]
     return subprocess.run([*cmd, *SMALL, f"paths.data_dir={data_dir or tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}", *args],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
@@ -140,3 +140,31 @@ def test_slurm_job_script(tmp_path, monkeypatch):
     for line in ("#SBATCH --gpus-per-node=1", "#SBATCH --partition=gpu", "#SBATCH --time=240", "#SBATCH --cpus-per-task=4",
                  "#SBATCH --mem=16GB", "#SBATCH --signal=USR2@120"):
         assert line in script, script
+
+
+def write_idx(path, a):
+    "`a` (uint8) as an IDX file: the format MNIST ships in."
+    path.write_bytes(bytes([0, 0, 8, a.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in a.shape) + a.tobytes())
+
+
+def test_identity_leaves_out_where_the_data_is(tmp_path):
+    "The same run with its data elsewhere is the same run (skipped); under the same identity, other data is refused, the run kept."
+    from clarena.data.sources import load_bundled_mnist
+    one = ["seed=0", "hydra/launcher=basic", "data.verify_checksums=false"]  # unverified: the IDX files below are home-made
+    first = arena(tmp_path, *one, data_dir=tmp_path / "here")
+    assert first.returncode == 0, first.stderr[-3000:]
+    [run] = list((tmp_path / "logs" / "arena" / "t" / "runs").iterdir())
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    moved = arena(tmp_path, *one, data_dir=tmp_path / "elsewhere")  # another machine's data path, the same (bundled) data
+    assert moved.returncode == 0 and f"[clarena-arena] {run.name} finished before: skipped" in moved.stdout, moved.stdout[-3000:]
+    other = tmp_path / "other"; other.mkdir()  # MNIST's four IDX files, but not the data the run had: the sample's images inverted
+    s = load_bundled_mnist()
+    for stem, t in zip(("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                       (255 - s.x_train[:, 0], s.y_train, 255 - s.x_test[:, 0], s.y_test)):
+        write_idx(other / stem, t.numpy().astype("uint8"))
+    refused = arena(tmp_path, *one, data_dir=other)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert f"[clarena-arena] {run.name} failed: run {run.name} finished before on other data: it was trained on mnist-bundled" in refused.stdout, \
+        refused.stdout[-3000:]
+    assert "point data.root (or paths.data_dir) at the run's data" in refused.stdout
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp and [p.name for p in run.parent.iterdir()] == [run.name]
