@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from matplotlib.figure import Figure
 
-from .checkpoints import atomic_write, resumable
+from .rundirs import atomic_write, resumable
 from .loop import run_experiment
 from . import metrics as M
 

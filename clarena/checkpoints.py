@@ -6,34 +6,19 @@ Docs: https://clarena-dev.github.io/clarena/checkpoints.html.md"""
 
 # %% ../nbs/07a_checkpoints.ipynb #da6c25d1
 from __future__ import annotations
-import datetime, hashlib, io, os, pickle, secrets, shutil, zipfile
+import hashlib, io, os, pickle, zipfile
 from pathlib import Path
 import torch
 
-from omegaconf import OmegaConf
-
 from .core import ConfigError
+from .rundirs import (atomic_write, RESULT_FILES, RESULT_SUFFIXES, check_name, run_stamp, new_run_dir, results_in, resumable,
+                             claim_run_dir, hydra_run_dir, hydra_sweep_dir)
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RESULT_FILES', 'RESULT_SUFFIXES', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT',
-           'PREEMPT_SIGNALS', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'check_same_data', 'restore',
-           'check_name', 'run_stamp', 'new_run_dir', 'results_in', 'resumable', 'claim_run_dir', 'hydra_run_dir',
-           'hydra_sweep_dir', 'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state',
-           'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state', 'load_callback_state',
-           'StepCheckpoint']
-
-# %% ../nbs/07a_checkpoints.ipynb #0400843d
-def atomic_write(path: Path, data: bytes | str):
-    "Write `data` to `path` through a temporary file and a rename, so `path` is never half-written."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT', 'PREEMPT_SIGNALS', 'save_checkpoint',
+           'load_checkpoint', 'check_same_data', 'restore', 'torch_rng_state', 'set_torch_rng_state', 'rng_state',
+           'set_rng_state', 'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state',
+           'load_callback_state', 'StepCheckpoint']
 
 # %% ../nbs/07a_checkpoints.ipynb #9d24bf72
 CHECKPOINT_KEYS = ("state_dict", "cl", "config", "progress")
@@ -111,63 +96,6 @@ def restore(algo, dm, ckpt: dict):
         raise ConfigError(f"the checkpoint's weights do not fit the model the config builds: {str(e).splitlines()[0][:300]}") from None
     algo.task_id = cl["task_id"]
     return algo
-
-# %% ../nbs/07a_checkpoints.ipynb #6f2d8a41
-RESULT_FILES = ("metrics.json", "progress.json", "config.yaml", "acc_matrix.csv", "failed.json", "checkpoints", "csv", "tensorboard")
-RESULT_SUFFIXES = (".png",)  # figures; and the profiler's reports, profiler_task_<t>.txt
-
-def check_name(what: str, name) -> str:
-    "Raise `ConfigError` unless `name` can be a single folder name (no path separators, not `.` or `..`); return it."
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0\n") or name != name.strip():
-        raise ConfigError(f"{what} must be a plain name (one folder name: no '/', no '..'), got {name!r}")
-    return name
-
-def run_stamp() -> str:
-    "A run directory's name: the start time to the microsecond and a random id, e.g. `2025-01-31_12-00-00-123456_a1b2c3`."
-    return f"{datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}_{secrets.token_hex(3)}"
-
-def new_run_dir(log_dir, experiment_name, kind: str = "runs") -> Path:
-    "A fresh run directory path `log_dir/<experiment_name>/<kind>/<stamp>` (not created)."
-    return Path(log_dir) / check_name("experiment_name", experiment_name) / kind / run_stamp()
-
-def results_in(run_dir) -> list[str]:
-    "The names of another run's results in `run_dir` (its figures included)."
-    d = Path(run_dir)
-    if not d.is_dir(): return []
-    return sorted(p.name for p in d.iterdir() if p.name in RESULT_FILES or (p.is_file() and (p.suffix in RESULT_SUFFIXES or p.name.startswith("profiler_task_"))))
-
-def resumable(run_dir) -> bool:
-    "True if `run_dir` holds an unfinished run to go on with (a requeued job's): its `config.yaml` and a checkpoint, and no `metrics.json`."
-    d = Path(run_dir)
-    return (d / "config.yaml").is_file() and not (d / "metrics.json").exists() and any((d / "checkpoints").glob("*.ckpt"))
-
-def claim_run_dir(run_dir, overwrite: bool = False) -> Path:
-    "Refuse `run_dir` if it holds another run's results; with `overwrite`, delete those results first."
-    d, found = Path(run_dir), results_in(run_dir)
-    if found and not overwrite:
-        raise ConfigError(f"the output directory {d} holds another run's results ({', '.join(found)}); choose another "
-                          f"paths.output_dir, or add overwrite=true to delete those results first")
-    for name in found:
-        p = d / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return d
-
-# %% ../nbs/07a_checkpoints.ipynb #0b7e5c93
-def hydra_run_dir(log_dir, experiment_name, output_dir=None, resume=None, overwrite=None) -> str:
-    "The run directory of a single run (`hydra.run.dir`); `overwrite=None` (eval, predict) skips the check for results."
-    if resume: return str(resume)
-    if output_dir:
-        if overwrite is not None and not overwrite and not resumable(output_dir): claim_run_dir(output_dir)  # the loop checks a resumable one
-        return str(output_dir)
-    return str(new_run_dir(log_dir, experiment_name))
-
-def hydra_sweep_dir(log_dir, experiment_name) -> str:
-    "The directory of a sweep (`hydra.sweep.dir`); each job gets a numbered folder in it."
-    return str(new_run_dir(log_dir, experiment_name, "multiruns"))
-
-for _name, _fn in (("clarena_run_dir", hydra_run_dir), ("clarena_sweep_dir", hydra_sweep_dir),
-                   ("clarena_hydra_subdir", lambda resume=None: ".hydra/resume" if resume else ".hydra")):
-    if not OmegaConf.has_resolver(_name): OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
 # %% ../nbs/07a_checkpoints.ipynb #e1a70002
 import random, signal, sys, time
