@@ -33,5 +33,6 @@ def test_docs_sidebar_lists_every_notebook():
     nbs = ROOT / "nbs"
     listed = set(re.findall(r"-\s+(\S+\.ipynb)", (nbs / "sidebar.yml").read_text()))
     present = {str(p.relative_to(nbs)) for p in nbs.rglob("*.ipynb") if not any(s.startswith(("_", ".")) for s in p.relative_to(nbs).parts)}
+    present |= {f"reports/{p.name}" for p in (ROOT / "reports").glob("*.ipynb")}  # the committed reports: .ci/docs copies them in
     assert listed == present, (present - listed, listed - present)
     assert "metadata-files: [nbdev.yml, sidebar.yml]" in (nbs / "_quarto.yml").read_text()  # nbdev 3: its nbdev.yml, our sidebar
