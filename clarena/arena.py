@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from matplotlib.figure import Figure
 
 from .rundirs import atomic_write, resumable
-from .loop import run_experiment
 from . import metrics as M
 
 log = logging.getLogger("clarena")
@@ -76,6 +75,7 @@ def _record_failure(cfg: DictConfig, rid: str, run_dir: Path | None, error: str,
 
 def arena_job(cfg: DictConfig) -> float | None:
     "Run `cfg` as one arena run (skipped if already finished, resumed if stopped); return its final average accuracy, None if it failed."
+    from clarena.loop import run_experiment  # torch and Lightning: not at import, so clarena-arena answers --help and bad input at once
     rid = run_identity(cfg)
     run_dir = Path(cfg.arena.dir) / "runs" / rid
     if (run_dir / "metrics.json").exists():

@@ -27,16 +27,7 @@ __all__ = ['log', 'ACCELERATORS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVE
            'job_failed', 'SweepReport', 'InputCheck']
 
 # %% ../nbs/08_cli.ipynb #8c1a0002
-def _forward(name: str):
-    "A resolver that calls `clarena.checkpoints.<name>`, imported on first use (it imports torch)."
-    def resolve(*args):
-        from clarena import checkpoints
-        return getattr(checkpoints, name)(*args)
-    return resolve
-
-for _name, _fn in (("clarena_run_dir", _forward("hydra_run_dir")), ("clarena_sweep_dir", _forward("hydra_sweep_dir")),
-                   ("clarena_hydra_subdir", lambda resume=None: ".hydra/resume" if resume else ".hydra")):
-    if not OmegaConf.has_resolver(_name): OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
+from . import rundirs  # registers clarena_run_dir, clarena_sweep_dir, clarena_hydra_subdir (paths only: no torch)
 
 # %% ../nbs/08_cli.ipynb #0e298ccf
 def compose_config(experiment: str | None = None, overrides: list | tuple = ()) -> DictConfig:
@@ -95,7 +86,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
 
 def check_run_config(cfg: DictConfig) -> DictConfig:
     "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
-    from clarena.checkpoints import check_name
+    from clarena.rundirs import check_name
     from hydra.utils import instantiate
     check_values(cfg)
     check_name("experiment_name", cfg.get("experiment_name"))
@@ -311,7 +302,7 @@ def run_cli(app):
 # %% ../nbs/08_cli.ipynb #a8d4e6b2
 def job_failed(e: BaseException, known: tuple[int, str] | None, run_dir=None) -> None:
     "Record and report a sweep job's failure (in its folder, `failed.json`), so the sweep can go on."
-    from clarena.checkpoints import atomic_write
+    from clarena.rundirs import atomic_write
     hc = HydraConfig.get()
     code, line = known or (1, f"failed with {type(e).__name__}: {e}")
     d = Path(run_dir or hc.runtime.output_dir)
@@ -327,7 +318,7 @@ class SweepReport(Callback):
     failed: list = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
-        _check_or_exit(config)  # first: resolving the sweep directory imports torch (clarena.checkpoints)
+        _check_or_exit(config)  # before the sweep directory is made
         with read_write(config.hydra.sweep), open_dict(config.hydra.sweep):
             config.hydra.sweep.dir = str(config.hydra.sweep.dir)  # resolved once: its name has a random part
 

@@ -145,9 +145,6 @@ try: main()
 except SystemExit as e: print("exit", e.code, "lightning" in sys.modules, "torch" in sys.modules)
 """
 
-ARENA_IMPORTS = pytest.mark.xfail(strict=True, reason="clarena.arena imports clarena.loop and clarena.checkpoints (torch) at import (10_arena)")
-
-
 @pytest.mark.parametrize("entry,args,code,message", [
     ("clarena.train:main", ["--help"], 0, "config groups (group=option; * the default):"),
     ("clarena.train:main", ["data=foo"], 2, "unknown data option 'foo'"),
@@ -162,8 +159,8 @@ ARENA_IMPORTS = pytest.mark.xfail(strict=True, reason="clarena.arena imports cla
     ("clarena.evaluate:eval_main", ["ckpt_path=nowhere.ckpt"], 2, "checkpoint nowhere.ckpt does not exist"),
     ("clarena.evaluate:predict_main", ["--help"], 0, "num_samples=16"),
     ("clarena.evaluate:predict_main", ["ckpt_path=x.ckpt", "num_samples=0"], 2, "num_samples must be an integer >= 1, got 0"),
-    pytest.param("clarena.arena:main", ["--help"], 0, "model/algorithm", marks=ARENA_IMPORTS),
-    pytest.param("clarena.arena:main", ["data.num_tasks=-1"], 2, "data.num_tasks must be an integer >= 1, got -1", marks=ARENA_IMPORTS),
+    ("clarena.arena:main", ["--help"], 0, "model/algorithm"),
+    ("clarena.arena:main", ["data.num_tasks=-1"], 2, "data.num_tasks must be an integer >= 1, got -1"),
 ])
 def test_help_and_bad_input_answer_before_lightning_is_imported(tmp_path, entry, args, code, message):
     r = subprocess.run([sys.executable, "-c", PROBE, entry, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
