@@ -89,12 +89,13 @@ def test_the_chapters_pages_build_with_their_figures_and_table(tmp_path):
             "    nb = read_nb(name); FilterDefaults()(nb)\n"
             "    outs = [o for c in nb.cells if 'exec_doc' in c.source for o in c.get('outputs', [])]\n"
             "    print(json.dumps({name: sorted(k for o in outs for k in o.get('data', {}))}))\n")
-    r = subprocess.run([sys.executable, "-c", code, "04_metrics.ipynb", "08a_config_table.ipynb"], cwd=NBS, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code, "04_metrics.ipynb", "08a_config_table.ipynb", "08_cli.ipynb"], cwd=NBS, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     shown = {k: v for line in r.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
     assert shown["04_metrics.ipynb"].count("image/png") == 3  # the three figures
     assert "text/markdown" in shown["08a_config_table.ipynb"]  # the config table
+    assert "text/markdown" in shown["08_cli.ipynb"]  # the CLI chapter's table, generated from the config tree
 
 
 def test_config_table_lists_every_config_file():
