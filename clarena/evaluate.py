@@ -94,9 +94,9 @@ def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None
 
 def plot_predictions(p: dict, cols: int = 8) -> Figure:
     "A grid of the samples with their true and predicted classes (wrong ones in red)."
-    from matplotlib.figure import Figure
-    n = len(p["true"]); rows = -(-n // cols)
-    fig = Figure(figsize=(1.3 * cols, 1.5 * rows))
+    from clarena.metrics import InlineFigure  # matplotlib here, not at import: `clarena-eval --help` stays fast
+    n = len(p["true"]); cols = max(1, min(cols, n)); rows = -(-n // cols)
+    fig = InlineFigure(figsize=(max(2.6, 1.3 * cols), 0.4 + 1.5 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).flatten()
     for i, ax in enumerate(axes):
         ax.axis("off")
@@ -104,9 +104,8 @@ def plot_predictions(p: dict, cols: int = 8) -> Figure:
         img = p["images"][i]
         ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray")
         ok = p["true"][i] == p["pred"][i]
-        ax.set_title(f"true {p['true'][i]} / pred {p['pred'][i]}", fontsize=7, color="black" if ok else "red")
+        ax.set_title(f"true {p['true'][i]}\npred {p['pred'][i]}", fontsize=7, color="black" if ok else "red")  # two short lines: no overlap with the next title
     fig.suptitle(f"Predictions on task {p['task_id']}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 # %% ../nbs/09_eval.ipynb #250cd148

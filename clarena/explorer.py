@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/explorer.html.md"""
 
 # %% ../nbs/11_explorer.ipynb #e1a0c004
 from __future__ import annotations
-import html, json, math
+import html, json, math, textwrap
 from importlib import resources
 from pathlib import Path
 
@@ -102,7 +102,7 @@ def mask_states(masks: list, task_id: int, layer: int, threshold: float = 0.5) -
 def plot_task_masks(masks: list, task_id: int, label: str = "") -> Figure:
     "Task `task_id`'s HAT masks: one panel per layer, its units as a grid coloured by `MASK_STATES`."
     n_layers = len(masks[task_id])
-    fig = Figure(figsize=(3.2 * n_layers + 1.8, 3.6))
+    fig = M.InlineFigure(figsize=(3.2 * n_layers + 1.8, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, n_layers))
     for l, ax in enumerate(axes):
         s = mask_states(masks, task_id, l)
@@ -111,9 +111,9 @@ def plot_task_masks(masks: list, task_id: int, label: str = "") -> Figure:
         ax.imshow(np.ma.masked_invalid(grid.reshape(-1, cols)), cmap=ListedColormap(MASK_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
         ax.set(xticks=[], yticks=[], title=f"layer {l}: {len(s)} units\n{np.mean(s >= 2):.0%} used, {np.mean(s == 3):.0%} new")
         ax.title.set_fontsize(9)
-    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(MASK_COLOURS, MASK_STATES)], loc="center right", fontsize=8, frameon=False)
-    fig.suptitle(f"HAT masks of task {task_id} {label}".strip(), fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 1.8 / (3.2 * n_layers + 1.8), 1))
+    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(MASK_COLOURS, MASK_STATES)], loc="outside right center", fontsize=8, frameon=False)
+    chars = int(fig.get_figwidth() * 0.9 * 72 / (0.62 * 10))  # a long label wraps: a glyph is at most ~0.62 em wide on average
+    fig.suptitle("\n".join(textwrap.wrap(f"HAT masks of task {task_id} {label}".strip(), chars)), fontsize=10)
     return fig
 
 # %% ../nbs/11_explorer.ipynb #e1a0c012
