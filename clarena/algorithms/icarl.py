@@ -41,6 +41,7 @@ class ICaRL(CLAlgorithm):
         self.replay_batch_size = None if replay_batch_size is None else check_positive_int("iCaRL's replay_batch_size", replay_batch_size)
         self.register_buffer("class_means", None, persistent=False)  # mu_y of Alg. 1, one row per class
         self.old: FrozenCopy | None = None  # backbone and head at the end of the previous task
+        self.old_head_classes: list[int] = []  # the classes each task had added to that head
 
     def _model(self) -> nn.ModuleDict: return nn.ModuleDict(dict(backbone=self.backbone, head=self.head))
 
@@ -90,7 +91,7 @@ class ICaRL(CLAlgorithm):
         sel = torch.cat(picks)
         self.buffer.add_balanced(x[sel], y[sel], task_id, by="class")  # each class keeps its first m: Alg. 5, then the new sets of Alg. 4
         self.class_means = self.exemplar_means()
-        self.old = FrozenCopy(self._model())
+        self.old, self.old_head_classes = FrozenCopy(self._model()), list(self.head_classes)
 
     def exemplar_means(self) -> torch.Tensor:
         "mu_y of Alg. 1 with the current network: the normalised mean of each class's normalised exemplar features."
@@ -101,12 +102,13 @@ class ICaRL(CLAlgorithm):
 
     def state(self) -> dict:
         return dict(buffer=self.buffer.state(), class_means=self.class_means,
-                    old_model=None if self.old is None else self.old.state_dict())
+                    old_model=None if self.old is None else self.old.state_dict(), old_head_classes=list(self.old_head_classes))
 
     def load_state(self, state: dict):
         self.buffer.load_state(state["buffer"])
         self.class_means = None if state["class_means"] is None else state["class_means"].to(self.device)
-        self.old = None if state["old_model"] is None else FrozenCopy.from_state(self._model(), state["old_model"])
+        self.old_head_classes = list(state.get("old_head_classes") or self.head_classes)  # a task checkpoint from before: the head as it was
+        self.old = None if state["old_model"] is None else FrozenCopy.from_state(self._model(), state["old_model"], self.old_head_classes)
 
     def task_report(self, task_id: int) -> dict:
         "How many exemplars each class has."

@@ -31,8 +31,14 @@ class FrozenCopy:
         return self.module.state_dict()
 
     @classmethod
-    def from_state(cls, like: nn.Module, state: dict) -> FrozenCopy:
-        "A frozen copy of a module shaped like `like`, with the weights `state` (what `state_dict()` returned)."
+    def from_state(cls, like: nn.Module, state: dict, head_classes: list | None = None) -> FrozenCopy:
+        """A frozen copy of a module shaped like `like`, with the weights `state` (what `state_dict()` returned). With `head_classes`,
+        `like` is a model (`backbone`, `head`) whose head is rebuilt with those tasks' outputs first: within the next task (a step
+        checkpoint) the live head already has that task's outputs, which the copy made at the previous task's end did not."""
+        if head_classes is not None and like["head"].num_tasks != len(head_classes):
+            head = type(like["head"])(like["head"].input_dim, like["head"].init_seed)
+            for t, n in enumerate(head_classes): head.new_task(t, n)
+            like = nn.ModuleDict(dict(backbone=like["backbone"], head=head))
         out = cls(like)
         out.module.load_state_dict(state)
         return out
@@ -94,4 +100,4 @@ class LwF(CLAlgorithm):
 
     def load_state(self, state: dict):
         self.old_head_classes = list(state["old_head_classes"])
-        self.old = None if state["old_model"] is None else FrozenCopy.from_state(self._model(), state["old_model"])
+        self.old = None if state["old_model"] is None else FrozenCopy.from_state(self._model(), state["old_model"], self.old_head_classes)
