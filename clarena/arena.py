@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/arena.html.md"""
 
 # %% ../nbs/10_arena.ipynb #025c89c7
 from __future__ import annotations
-import base64, hashlib, html, io, json, logging, math, re, sys, traceback
+import base64, hashlib, html, io, json, logging, math, re, sys, textwrap, traceback
 from pathlib import Path
 
 import numpy as np
@@ -170,30 +170,36 @@ def report_markdown(groups: list[dict], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/10_arena.ipynb #816947c1
-def plot_arena(rows: list[dict]) -> dict:
-    "Comparison figures: average accuracy over tasks per algorithm (one panel per benchmark), mean accuracy matrices."
+def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
+    """Comparison figures: average accuracy over tasks per algorithm (a panel per benchmark, the legend beside it), and the mean
+    accuracy matrix of each (benchmark, algorithm), `ncols` to a row: a league of dozens of pairs stays a readable grid."""
     ok = [r for r in rows if r["status"] == "finished"]
     benches = sorted({r["benchmark"] for r in ok})
     figs = {}
     if not ok: return figs
-    fig = Figure(figsize=(5 * len(benches), 3.4))
-    for ax, b in zip(np.atleast_1d(fig.subplots(1, len(benches))), benches):
-        for algo in sorted({r["algorithm"] for r in ok if r["benchmark"] == b}):
+    algos = {b: sorted({r["algorithm"] for r in ok if r["benchmark"] == b}) for b in benches}
+    fig = M.InlineFigure(figsize=(7.5, 0.6 + max(3.2, 0.17 * max(map(len, algos.values())) + 0.8) * len(benches)), layout="constrained")
+    for ax, b in zip(np.atleast_1d(fig.subplots(len(benches), 1)), benches):
+        for algo in algos[b]:
             curves = np.array([r["avg_acc"] for r in ok if r["benchmark"] == b and r["algorithm"] == algo])
             m, s = curves.mean(0), curves.std(0)
             ax.plot(range(len(m)), m, marker="o", label=f"{algo} (n={len(curves)})"); ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
-        ax.set(title=b, xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02), xticks=range(len(m))); ax.grid(alpha=0.3); ax.legend(fontsize=7)
-    fig.tight_layout(); figs["arena_avg_acc.png"] = fig
+        ax.set(title=b, xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02), xticks=range(len(m))); ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    figs["arena_avg_acc.png"] = fig
     pairs = sorted({(r["benchmark"], r["algorithm"]) for r in ok})
-    fig = Figure(figsize=(3.6 * len(pairs), 3.6))
-    for ax, (b, algo) in zip(np.atleast_1d(fig.subplots(1, len(pairs))), pairs):
+    cols = min(ncols, len(pairs)); nrows = math.ceil(len(pairs) / cols)
+    fig = M.InlineFigure(figsize=(2.9 * cols, 0.3 + 3.4 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
+    for ax in axes[len(pairs):]: ax.set_visible(False)
+    for ax, (b, algo) in zip(axes, pairs):
         R = np.mean([M.rows_to_matrix(r["acc_matrix"]) for r in ok if r["benchmark"] == b and r["algorithm"] == algo], axis=0)
         ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
         for i in range(len(R)):
             for j in range(i + 1): ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if R[i, j] < 0.6 else "k")
-        ax.set(title=f"{algo}\n{b}", xlabel="tested on task", ylabel="after training task", xticks=range(len(R)), yticks=range(len(R)))
-        ax.title.set_fontsize(8)
-    fig.tight_layout(); figs["arena_acc_matrices.png"] = fig
+        ax.set(xlabel="tested on task", ylabel="after task", xticks=range(len(R)), yticks=range(len(R)))
+        ax.set_title("\n".join(textwrap.wrap(algo, 40) + textwrap.wrap(b, 40)), fontsize=7)  # 40 characters of 7 pt: the panel's width
+    figs["arena_acc_matrices.png"] = fig
     return figs
 
 def write_report(arena_dir) -> dict:
