@@ -84,7 +84,14 @@ class QuadraticPenalty(CLAlgorithm):
         self.strength = check_number(f"{type(self).__name__}'s strength (lambda)", strength)
         self.importances: list[dict] = []  # per term: {parameter name: importance}
         self.anchors: list[dict] = []      # per term: {parameter name: weights at the end of its task}
-        self._folded = None
+        self._folded, self._cap = None, None
+
+    def check_optimizer(self, optimizer):
+        "With plain SGD at learning rate eta, the penalty's own step overshoots its anchor once 2 eta scale lambda A > 1: cap A at 1 / (2 eta scale lambda)."
+        sgd = type(optimizer) is torch.optim.SGD and not any(g.get("momentum", 0) for g in optimizer.param_groups)
+        k = self.scale * self.strength
+        self._cap = 0.5 / (max(g["lr"] for g in optimizer.param_groups) * k) if sgd and k > 0 else None
+        self._folded = None  # folded again with this cap at the task's first step
 
     def importance(self, task_id: int, data) -> dict:
         "The importance of every trainable parameter for task `task_id`, from its training `data`: `{name: tensor}`."
@@ -107,6 +114,7 @@ class QuadraticPenalty(CLAlgorithm):
             params = dict(self.named_parameters())
             views = [(params[n], None if params[n].shape == s else tuple(slice(0, k) for k in s)) for n, s in shapes.items()]
             dev = views[0][0].device
+            if self._cap is not None: A = A.clamp(max=self._cap)  # see check_optimizer
             self._folded = (self.task_id, views, A.to(dev), m.to(dev), c.to(dev))
         return self._folded[1:]
 
