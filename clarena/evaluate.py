@@ -92,8 +92,8 @@ def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None
                 true=[classes[i] for i in y.cpu().tolist()], pred=[classes[i] for i in probs.argmax(1).cpu().tolist()],
                 confidence=probs.max(1).values.cpu().tolist())
 
-def plot_predictions(p: dict, cols: int = 8) -> Figure:
-    "A grid of the samples with their true and predicted classes (wrong ones in red)."
+def plot_predictions(p: dict, cols: int = 8):  # no `-> Figure`: matplotlib is imported on call, and show_doc resolves annotations
+    "A grid of the samples with their true and predicted classes (wrong ones in red): an `InlineFigure`, shown inline in a notebook."
     from clarena.metrics import InlineFigure  # matplotlib here, not at import: `clarena-eval --help` stays fast
     n = len(p["true"]); cols = max(1, min(cols, n)); rows = -(-n // cols)
     fig = InlineFigure(figsize=(max(2.6, 1.3 * cols), 0.4 + 1.5 * rows), layout="constrained")
