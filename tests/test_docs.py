@@ -122,3 +122,14 @@ def test_task_acc_title_fits_the_canvas():
         assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height, (box, fig.bbox)
         for f in (fig, M.plot_avg_acc({"Finetuning": [0.9, 0.7, 0.7]}, label), M.plot_acc_matrix(R, label)):
             assert M.outside_canvas(f) == []
+
+
+def test_markdown_cells_are_not_commented_out():
+    # a markdown cell written as commented code ("# text" on every line, "#" for blank lines) renders as a page of headings
+    bad = []
+    for nb in sorted(NBS.rglob("*.ipynb")):
+        for c in json.loads(nb.read_text())["cells"]:
+            lines = "".join(c["source"]).splitlines()
+            if c["cell_type"] == "markdown" and len(lines) > 1 and all(l.startswith("#") for l in lines if l.strip()) and "#" in lines:
+                bad.append(f"{nb.relative_to(NBS)}: {lines[0][:60]}")
+    assert not bad, bad
