@@ -13,10 +13,8 @@ import numpy as np
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from matplotlib.figure import Figure
 
 from .rundirs import atomic_write, resumable
-from . import metrics as M
 
 log = logging.getLogger("clarena")
 
@@ -173,6 +171,7 @@ def report_markdown(groups: list[dict], rows: list[dict]) -> str:
 def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
     """Comparison figures: average accuracy over tasks per algorithm (a panel per benchmark, the legend beside it), and the mean
     accuracy matrix of each (benchmark, algorithm), `ncols` to a row: a league of dozens of pairs stays a readable grid."""
+    from clarena import metrics as M  # matplotlib: imported when a figure is drawn (clarena-arena --help and bad input go without it)
     ok = [r for r in rows if r["status"] == "finished"]
     benches = sorted({r["benchmark"] for r in ok})
     figs = {}
