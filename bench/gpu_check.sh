@@ -6,12 +6,7 @@
 #    as configured by default (speed.steps_per_call=auto), with one step per Lightning step (plain), and with capture
 #    (capture: auto chunks; capture1: one captured step per Lightning step);
 # 3. bench_seeds.py: 8 seeds of the default experiment at once against one, with capture.
-set -u
-OUT=${1:?an output directory}; DATA=${2:-/usr/share/datasets/fashion-mnist}; Y=${3:-../shared/bench/limit_pmnist.py}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"; } | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_common.sh"
 timeout 150 python3 -m pytest -x -q -s -p no:cacheprovider tests/test_speed.py -k gpu > "$OUT/test_gpu.log" 2>&1; echo "pytest exit $?" >> "$OUT/test_gpu.log"
 grep -E "max difference|passed|failed|Error|exit" "$OUT/test_gpu.log" | tail -12
 timeout 300 python3 bench/bench_pmnist.py --device cuda --tasks 10 --batch 64 --repeat 1 --data "$DATA" --yardstick "$Y" \

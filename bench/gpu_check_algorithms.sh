@@ -4,12 +4,7 @@
 # 1. tests/test_gpu_algorithms.py: every capturable algorithm, captured steps against eager ones;
 # 2. bench_steps.py: each algorithm's training step against Finetuning's, eager, then with capture where it can;
 # 3. bench_pmnist.py: HAT against the plain-PyTorch yardstick, 10 tasks x 1 epoch, batch 64, with capture.
-set -u
-OUT=${1:?an output directory}; DATA=${2:-/usr/share/datasets/fashion-mnist}; Y=${3:-../shared/bench/limit_pmnist.py}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"; } | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_common.sh"
 timeout 180 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu_algorithms.py > "$OUT/test_gpu_algorithms.log" 2>&1; echo "pytest exit $?" >> "$OUT/test_gpu_algorithms.log"
 grep -E "max acc difference|passed|failed|Error|exit" "$OUT/test_gpu_algorithms.log" | tail -20
 timeout 100 python3 bench/bench_steps.py --device cuda --repeat 2 --out "$OUT/steps-gpu.jsonl" > "$OUT/steps-gpu.log" 2>&1; echo "bench_steps eager exit $?" >> "$OUT/steps-gpu.log"

@@ -29,3 +29,18 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="slow: run by the README's test command outside CI, or with CLARENA_SLOW=1")
     for item in items:
         if item.get_closest_marker("slow"): item.add_marker(skip)
+
+
+def kernel_execute(kc, code: str, metadata: dict | None = None, timeout: float = 300) -> list:
+    """Run `code` through the Jupyter kernel client `kc` as a frontend would (`metadata`: what the frontend sends, e.g. the cell id it
+    names); the cell's outputs as `(msg_type, content)` in order (display_data, execute_result, stream). A failing cell raises AssertionError."""
+    msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
+                                                 stop_on_error=True), metadata=metadata or {})
+    kc.shell_channel.send(msg)
+    outs = []
+    while True:
+        m = kc.get_iopub_msg(timeout=timeout)
+        if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]: continue
+        if m["msg_type"] == "error": raise AssertionError("\n".join(m["content"]["traceback"]))
+        if m["msg_type"] in ("display_data", "execute_result", "stream"): outs.append((m["msg_type"], m["content"]))
+        if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": return outs

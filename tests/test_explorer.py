@@ -130,19 +130,10 @@ def test_default_log_dir_is_the_clis(tmp_path, monkeypatch):
 def test_in_a_kernel_a_notebook_frontend_gets_the_widget_and_nbclient_the_static_view(arena):
     "A real kernel: an execute request that names its cell (JupyterLab, Notebook 7, VS Code) gets the widget; one that does not (papermill) the static view."
     from jupyter_client.manager import start_new_kernel
+    from conftest import kernel_execute
     km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        def run(code, metadata=None):
-            msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
-                                                         stop_on_error=True), metadata=metadata or {})
-            kc.shell_channel.send(msg)
-            outs = []
-            while True:
-                m = kc.get_iopub_msg(timeout=300)
-                if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]: continue
-                if m["msg_type"] == "error": raise AssertionError("\n".join(m["content"]["traceback"]))
-                if m["msg_type"] in ("display_data", "execute_result"): outs.append(m["content"]["data"])
-                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": return outs
+        def run(code, metadata=None): return [c["data"] for t, c in kernel_execute(kc, code, metadata) if t in ("display_data", "execute_result")]
         static = run(f"from clarena.explorer import explore\nexplore({str(arena)!r})")
         assert len(static) == 1 and "application/vnd.jupyter.widget-view+json" not in static[0] and static[0]["text/html"].count(PNG) == 10
         live = run(f"ex = explore({str(arena)!r})", metadata={"cellId": "a-cell"})

@@ -57,23 +57,14 @@ def test_live_where_a_frontend_watches_the_kernel_or_stdout_is_a_terminal(tmp_pa
     import io, pty
     from jupyter_client.manager import start_new_kernel
     from clarena.callbacks import live_display
+    from conftest import kernel_execute
     leader, follower = pty.openpty()
     with open(follower, "w") as tty:
         assert live_display(tty) and not live_display(io.StringIO())
     os.close(leader)
     km, kc = start_new_kernel(kernel_name="python3", env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        def run(code, metadata=None):
-            msg = kc.session.msg("execute_request", dict(code=code, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
-                                                         stop_on_error=True), metadata=metadata or {})
-            kc.shell_channel.send(msg)
-            outs = []
-            while True:
-                m = kc.get_iopub_msg(timeout=300)
-                if m["parent_header"].get("msg_id") != msg["header"]["msg_id"]: continue
-                if m["msg_type"] == "error": raise AssertionError("\n".join(m["content"]["traceback"]))
-                if m["msg_type"] in ("display_data", "stream"): outs.append(m["content"])
-                if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": return outs
+        def run(code, metadata=None): return [c for t, c in kernel_execute(kc, code, metadata) if t in ("display_data", "stream")]
         run("from clarena.train import compose_config\nfrom clarena.loop import run_experiment\n"
             f"cfg = compose_config('smnist_til_finetuning', ['data.num_tasks=1', 'trainer.limit_train_batches={STEPS}', 'measure_fwt=false', "
             f"'paths.data_dir={no_data_root}', 'paths.log_dir={tmp_path}'])")
