@@ -10,6 +10,8 @@ import torch
 torch.set_num_threads(1)
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+needs_fashion = pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")),
+                                   reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 
 
 @pytest.fixture
@@ -44,3 +46,38 @@ def kernel_execute(kc, code: str, metadata: dict | None = None, timeout: float =
         if m["msg_type"] == "error": raise AssertionError("\n".join(m["content"]["traceback"]))
         if m["msg_type"] in ("display_data", "execute_result", "stream"): outs.append((m["msg_type"], m["content"]))
         if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle": return outs
+
+
+def small_til(cls, **kw):
+    "A small MLP (784-16) with a TIL head trained by `cls(..., **kw)` with SGD, and Permuted MNIST (the bundled sample), 3 tasks."
+    from functools import partial
+    import lightning as L
+    from clarena.data.permuted import PermutedDataModule
+    from clarena.models.backbones import MLP
+    from clarena.models.heads import HeadTIL
+    L.seed_everything(0)
+    algo = cls(MLP(784, [16]), HeadTIL(16), optimizer=partial(torch.optim.SGD, lr=0.05), **kw)
+    return algo, PermutedDataModule("mnist", num_tasks=3, root="/nonexistent", batch_size=64)
+
+
+def start_task(algo, dm, t):
+    "Make task `t` current for the datamodule and the algorithm; its training data as the task hooks get it."
+    from clarena.algorithms.base import TaskData
+    dm.setup_task(t); algo.setup_task(t, dm.num_new_classes(t))
+    return TaskData(t, dm.train_view, "cpu", dm.num_new_classes(t))
+
+
+def nudge(algo, scale=0.05):
+    "Move every weight by Gaussian noise of std `scale`."
+    with torch.no_grad():
+        for p in algo.parameters(): p.add_(scale * torch.randn_like(p))
+
+
+def finetuning_and(tmp_path_factory, name: str, overrides: list, common: list) -> tuple:
+    "Finetuning and `name` (`overrides` on pmnist_finetuning), same seed and `common` settings: their metrics by name, and `name`'s run directory."
+    from clarena.loop import run_experiment
+    from clarena.train import compose_config
+    d = tmp_path_factory.mktemp(name)
+    out = {n: run_experiment(compose_config("pmnist_finetuning", [*common, *extra, f"paths.output_dir={d / n}"]))
+           for n, extra in (("finetuning", []), (name, overrides))}
+    return out, d / name

@@ -11,11 +11,9 @@ from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
 from clarena.train import compose_config, resume_config
 
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, needs_fashion
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_fashion = pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                                   reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 SFMNIST_CIL = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "trainer.limit_train_batches=200", "measure_fwt=false",
                "trainer.enable_progress_bar=false"]
 

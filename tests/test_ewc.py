@@ -18,26 +18,12 @@ from clarena.models.backbones import MLP
 from clarena.models.heads import HeadTIL
 from clarena.train import compose_config, resume_config
 
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, needs_fashion, nudge, small_til, start_task as task
 
 W = "backbone.fcs.0.weight"
 
 
-def small(cls=EWC, **kw):
-    "A small MLP with a TIL head, and Permuted MNIST (the bundled sample)."
-    L.seed_everything(0)
-    algo = cls(MLP(784, [16]), HeadTIL(16), optimizer=partial(torch.optim.SGD, lr=0.05), **kw)
-    return algo, PermutedDataModule("mnist", num_tasks=3, root="/nonexistent", batch_size=64)
-
-
-def task(algo, dm, t):
-    dm.setup_task(t); algo.setup_task(t, dm.num_new_classes(t))
-    return TaskData(t, dm.train_view, "cpu", dm.num_new_classes(t))
-
-
-def nudge(algo, scale=0.05):
-    with torch.no_grad():
-        for p in algo.parameters(): p.add_(scale * torch.randn_like(p))
+def small(cls=EWC, **kw): return small_til(cls, **kw)
 
 
 def loop_fisher(model, params, x, y, kind):
@@ -155,8 +141,6 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root, algorithm):
             assert b.keys() == a.keys() and all(torch.equal(b[n], a[n]) for n in b), key
 
 
-needs_fashion = pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                                   reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 FASHION = ["data=permuted_fashion_mnist", "data.num_tasks=3", "trainer.limit_train_batches=200", "measure_fwt=false",
            "trainer.enable_progress_bar=false", "seed=0"]
 

@@ -18,25 +18,12 @@ from clarena.models.backbones import MLP
 from clarena.models.heads import HeadTIL
 from clarena.train import compose_config, resume_config
 
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, nudge, small_til, start_task as task
 
 W = "backbone.fcs.0.weight"
 
 
-def small(**kw):
-    L.seed_everything(0)
-    algo = MAS(MLP(784, [16]), HeadTIL(16), optimizer=partial(torch.optim.SGD, lr=0.05), **kw)
-    return algo, PermutedDataModule("mnist", num_tasks=3, root="/nonexistent", batch_size=64)
-
-
-def task(algo, dm, t):
-    dm.setup_task(t); algo.setup_task(t, dm.num_new_classes(t))
-    return TaskData(t, dm.train_view, "cpu", dm.num_new_classes(t))
-
-
-def nudge(algo, scale=0.05):
-    with torch.no_grad():
-        for p in algo.parameters(): p.add_(scale * torch.randn_like(p))
+def small(**kw): return small_til(MAS, **kw)
 
 
 def loop_importance(model, params, x):

@@ -13,10 +13,8 @@ from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
 from clarena.train import compose_config, resume_config
 
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, needs_fashion
 
-needs_fashion = pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                                   reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 # CIL Split Fashion-MNIST: 5 tasks of 2 classes, 200 steps of 64 per task, SGD lr 0.05, MLP 256-256, seed 0
 COMMON = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "trainer.limit_train_batches=200", "measure_fwt=false",
           "trainer.enable_progress_bar=false", "trainer.deterministic=true"]

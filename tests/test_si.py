@@ -12,10 +12,8 @@ from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
 from clarena.train import compose_config, resume_config
 
-from conftest import FASHION_DIR
+from conftest import FASHION_DIR, finetuning_and, needs_fashion
 
-needs_fashion = pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                                   reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
 COMMON = ["data=permuted_fashion_mnist", "data.num_tasks=3", "trainer.limit_train_batches=150", "measure_fwt=false",
           "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
 
@@ -23,10 +21,7 @@ COMMON = ["data=permuted_fashion_mnist", "data.num_tasks=3", "trainer.limit_trai
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     "Finetuning and SI (its config's defaults), same seed and settings; SI's run directory for the resume test."
-    d = tmp_path_factory.mktemp("si")
-    out = {name: run_experiment(compose_config("pmnist_finetuning", [*COMMON, *extra, f"paths.output_dir={d / name}"]))
-           for name, extra in (("finetuning", []), ("si", ["model/algorithm=si"]))}
-    return out, d / "si"
+    return finetuning_and(tmp_path_factory, "si", ["model/algorithm=si"], COMMON)
 
 
 @needs_fashion
