@@ -16,25 +16,17 @@ Needs the cluster extra (pip install -e ".[cluster]") for slurm_local and ray_cl
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import timed
 
 SMALL = ["model/algorithm=finetuning", "data=split_mnist", "data.num_tasks=2", "trainer.limit_train_batches=5", "measure_fwt=false",
          "trainer.enable_progress_bar=false", "arena.name=bench", "~hydra.callbacks.arena_report"]
 LAUNCHERS = {"joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
              "slurm_local": ["hydra/launcher=slurm_local", "hydra.sweeper.max_batch_size=2"],  # the local executor has no queue
              "ray_cluster": ["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.num_cpus=2"]}
-
-
-def timed(cmd, env):
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0: sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return wall
 
 
 def main():
