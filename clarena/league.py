@@ -103,12 +103,16 @@ def train_steps(config: dict) -> list[int]:
         out.append(n * tr.get("max_epochs", 1))
     return out
 
-def league_rows(arena_dir) -> list[dict]:
-    "The arena's finished runs, labelled as the league labels them, with each run's training wall time per step."
-    from clarena.arena import collect
+def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = ()) -> list[dict]:
+    """The arena's finished runs, labelled as the league labels them, with each run's training wall time per step; with `preset`,
+    only the preset's runs (an arena directory may also hold other sweeps' runs)."""
+    from clarena.arena import collect, run_identity
+    keep = None
+    if preset is not None:
+        keep = {run_identity(c) for _, _, c in preset_configs(load_preset(preset) if isinstance(preset, str) else preset, overrides)[0]}
     rows, steps_of = [], {}
     for r in collect(arena_dir):
-        if r["status"] != "finished": continue
+        if r["status"] != "finished" or (keep is not None and r["identity"] not in keep): continue
         m = json.loads((Path(arena_dir) / "runs" / r["identity"] / "metrics.json").read_text())
         key = json.dumps([m["config"]["data"], m["config"]["trainer"].get("limit_train_batches"), m["config"]["trainer"].get("max_epochs")], sort_keys=True)
         if key not in steps_of: steps_of[key] = sum(train_steps(m["config"]))  # the same for every run of a benchmark: counted once
@@ -180,7 +184,7 @@ def league_main(preset: str, args: list) -> int:
         print(f"clarena: configuration error: n_jobs must be a whole number >= 1, got {opts['n_jobs']!r}", file=sys.stderr); return 2
     arena_dir = Path(opts.get("arena.dir") or Path("logs") / "arena" / opts.get("arena.name", preset))
     report = run_league(preset, arena_dir, n_jobs=n_jobs, overrides=overrides)
-    atomic_write(arena_dir / "league.md", f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(league_rows(arena_dir))))
+    atomic_write(arena_dir / "league.md", f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(league_rows(arena_dir, preset, overrides))))
     print(f"[clarena-arena] league table: {arena_dir / 'league.md'}", flush=True)
     if report["failed"]:
         print(f"clarena: {report['failed']} of {len(report['rows'])} league runs failed (listed in {arena_dir / 'report.md'})", file=sys.stderr)

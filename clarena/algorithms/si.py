@@ -34,7 +34,7 @@ class SI(CLAlgorithm):
     def on_task_start(self, task_id, data): self._placed = False
 
     def check_optimizer(self, optimizer):
-        "With plain SGD at learning rate eta, the penalty's own step overshoots once 2 eta c Omega >= 2: keep c Omega below 1 / (2 eta)."
+        "With plain SGD at learning rate eta, the penalty's own step overshoots its anchor once 2 eta c Omega > 1 (and diverges past 2): keep c Omega at most 1 / (2 eta)."
         sgd = type(optimizer) is torch.optim.SGD and not any(g.get("momentum", 0) for g in optimizer.param_groups)
         self._cap = 0.5 / (max(g["lr"] for g in optimizer.param_groups) * self.strength) if sgd and self.strength > 0 else None
 
