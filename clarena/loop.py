@@ -159,13 +159,32 @@ def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
 class TrainClock(L.Callback):
     """The wall time of the training steps alone: each Lightning training batch from its start to its end (the steps it runs, with their
     backward passes and optimizer updates), without validation, testing or the task-boundary hooks (a Fisher, herding, pruning).
-    On a GPU it waits for the device at both ends, so queued kernels count where they ran."""
-    def __init__(self, earlier_s: float = 0.0): self.seconds, self._t = earlier_s, None
-    def _now(self, pl_module) -> float:
-        if pl_module.device.type == "cuda": torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx): self._t = self._now(pl_module)
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.seconds += self._now(pl_module) - self._t
+    On a GPU each batch is timed by CUDA events, read when `seconds` is asked for (at the task's end, at a step checkpoint): the steps
+    never wait for the device."""
+    def __init__(self, earlier_s: float = 0.0): self._s, self._t, self._events = earlier_s, None, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.device.type != "cuda": self._t = time.perf_counter(); return
+        self._events.append([torch.cuda.Event(enable_timing=True), None]); self._events[-1][0].record()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.device.type != "cuda": self._s += time.perf_counter() - self._t; return
+        self._events[-1][1] = torch.cuda.Event(enable_timing=True); self._events[-1][1].record()
+        if len(self._events) >= 4096: self._fold()  # now and then: one wait per 4096 batches
+
+    def _fold(self):
+        "Add the finished batches' event times (waiting for the last one to have run) and forget their events."
+        done = [(a, b) for a, b in self._events if b is not None]
+        if done:
+            done[-1][1].synchronize()
+            self._s += sum(a.elapsed_time(b) for a, b in done) / 1000  # elapsed_time: milliseconds
+        self._events = [e for e in self._events if e[1] is None]
+
+    @property
+    def seconds(self) -> float:
+        "The training steps' time so far (on a GPU, once the recorded batches have run)."
+        self._fold()
+        return self._s
 
 def fit_task(trainer: L.Trainer, algo, dm, resume_step: dict | None = None):
     """Train the current task: `on_task_start`, `Trainer.fit` (its batches in chunks when the algorithm runs several steps per Lightning step), `on_task_end`.
