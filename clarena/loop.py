@@ -8,6 +8,7 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 from __future__ import annotations
 import copy, inspect, io, json, logging, math, os, resource, subprocess, sys, time, warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,8 @@ log = logging.getLogger("clarena")
 # %% auto #0
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
            'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
-           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'console_log', 'format_matrix', 'format_final',
-           'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
+           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'console_log', 'format_matrix',
+           'format_final', 'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -340,6 +341,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
             t0, earlier_s = time.perf_counter(), resume_step["progress"]["task_elapsed_s"] if resume_step else 0.0
             clock = TrainClock(resume_step["progress"].get("task_train_elapsed_s", 0.0) if resume_step else 0.0)
             trainer.callbacks.append(clock)
+            algo.fitter = partial(fit_on_data, cfg, run_dir, clock, dm)  # what fit_on trains with at this task's boundary
             def write_step(state, t0=t0, earlier_s=earlier_s, clock=clock):
                 now = time.perf_counter()
                 p = dict(progress, task_elapsed_s=earlier_s + now - t0, task_train_elapsed_s=clock.seconds, total_wall_s=before + now - start)
@@ -391,6 +393,26 @@ def _run_experiment(cfg: DictConfig) -> dict:
         write_results(out, run_dir, algo)
         (report or RunReport(cfg, run_dir, config, progress["acc_matrix"])).finish(out)
     return out
+
+# %% ../nbs/07_loop.ipynb #6f6f460a
+def _as_is(x): return x
+
+def fit_on_data(cfg: DictConfig, run_dir: Path, clock: TrainClock, dm, algo, x: torch.Tensor, y: torch.Tensor, epochs: int = 1,
+                batch_size: int | None = None):
+    "What `CLAlgorithm.fit_on` runs: `epochs` epochs of ordinary training steps on the prepared inputs `x` and labels `y`, as a task's (see above)."
+    from .data.batches import TaskView
+    check_positive_int("fit_on's epochs", epochs)
+    c = copy.deepcopy(cfg); c.trainer.max_epochs = epochs
+    trainer = make_trainer(c, run_dir, f"{algo.task_id}_fit")
+    trainer.callbacks.append(clock)
+    train = TensorBatches(TaskView(x, y, _as_is), batch_size or dm.batch_size, shuffle=True, seed=int(torch.randint(2**31 - 1, ())))
+    if not algo.automatic_optimization:
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))
+        train, trainer.limit_train_batches = ChunkedBatches(train, algo.steps_per_call, limit), 1.0
+    device, was_training = algo.device, algo.training
+    trainer.fit(algo, train, dm.val_dataloader())
+    algo.to(device); algo.train(was_training)  # Lightning leaves the module on the CPU after a fit
 
 # %% ../nbs/07_loop.ipynb #7c1e0b02
 @contextmanager

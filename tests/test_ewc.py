@@ -73,7 +73,7 @@ def test_ewc_keeps_a_term_per_task_and_the_penalty_is_the_hand_formula():
     algo, dm = small(strength=7.0, fisher_samples=64)
     algo.finish_task(task(algo, dm, 0))
     task(algo, dm, 1)
-    assert float(algo.extra_loss(None, None, None)["ewc"]) == 0.0  # at the anchor
+    assert float(algo.extra_loss(None, None)["ewc"]) == 0.0  # at the anchor
     nudge(algo, 0.1)
     algo.finish_task(TaskData(1, dm.train_view, "cpu", 10))
     task(algo, dm, 2)
@@ -81,7 +81,7 @@ def test_ewc_keeps_a_term_per_task_and_the_penalty_is_the_hand_formula():
     assert len(algo.importances) == 2 and "head.heads.1.weight" not in algo.anchors[0] and "head.heads.2.weight" not in algo.anchors[1]
     params = dict(algo.named_parameters())
     hand = 7.0 / 2 * sum((F[n] * (params[n] - a[n]) ** 2).sum() for F, a in zip(algo.importances, algo.anchors) for n in F)
-    pen = algo.extra_loss(None, None, None)["ewc"]
+    pen = algo.extra_loss(None, None)["ewc"]
     assert torch.allclose(pen, hand, rtol=1e-5), (float(pen), float(hand))
     pen.backward()
     grad = 7.0 * sum(F[W] * (params[W] - a[W]) for F, a in zip(algo.importances, algo.anchors)).detach()
@@ -97,7 +97,7 @@ def test_old_heads_stay_exactly_put():
         with torch.no_grad():  # training task t moves the backbone and head t, never head 0 after task 0
             for p in [*algo.backbone.parameters(), *algo.head.heads[t].parameters()]: p.add_(0.05 * torch.randn_like(p))
         if t < 2: algo.finish_task(data)
-    algo.extra_loss(None, None, None)["ewc"].backward()
+    algo.extra_loss(None, None)["ewc"].backward()
     assert torch.count_nonzero(algo.head.heads[0].weight.grad) == 0 and torch.count_nonzero(algo.head.heads[0].bias.grad) == 0
 
 

@@ -93,7 +93,7 @@ def test_no_capacity_left_is_finite_and_warned(tmp_path, no_data_root):
         algo.setup_task(1, 10); algo.on_task_start(1, None)
     algo.train()
     algo(torch.randn(4, 1, 28, 28), 1)
-    reg = algo.extra_loss(None, None, None)["capacity_reg"]
+    reg = algo.extra_loss(None, None)["capacity_reg"]
     assert torch.isfinite(reg) and float(reg) == 0.0
 
 

@@ -7,55 +7,45 @@ Docs: https://clarena-dev.github.io/clarena/agem.html.md"""
 # %% ../../nbs/06h_agem.ipynb #53c02f29
 from __future__ import annotations
 import torch
-from ..core import ConfigError, check_positive_int
+from ..core import ConfigError
+from .base import Batch
+from .buffer import ReplayMethod, check_replay_batch_size
 
-from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
 
 # %% auto #0
-__all__ = ['agem_project_', 'AGEM']
+__all__ = ['agem_project', 'AGEM']
 
 # %% ../../nbs/06h_agem.ipynb #544420fc
-def agem_project_(grads: list, refs: list) -> torch.Tensor:
-    "Replace `grads` (g) in place by eq. 11's projection against `refs` (g_ref) where g . g_ref < 0; return g . g_ref before it."
-    dot = torch.stack([torch.vdot(g.flatten(), r.flatten()) for g, r in zip(grads, refs)]).sum()
-    ref_sq = torch.stack([torch.vdot(r.flatten(), r.flatten()) for r in refs]).sum()
-    coef = torch.where(dot < 0, dot / ref_sq.clamp(min=torch.finfo(ref_sq.dtype).tiny), torch.zeros_like(dot))
-    torch._foreach_sub_(grads, torch._foreach_mul(refs, coef))
-    return dot
+def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
+    "Eq. 11: `g` where g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (flat vectors; no host sync)."
+    dot = torch.dot(g, g_ref)
+    coef = torch.where(dot < 0, dot / torch.dot(g_ref, g_ref).clamp(min=torch.finfo(g.dtype).tiny), torch.zeros_like(dot))
+    return g - coef * g_ref
+
 
 # %% ../../nbs/06h_agem.ipynb #359751e0
 class AGEM(ReplayMethod):
     "A-GEM (Chaudhry et al., ICLR 2019): project the gradient so that the loss on a memory of earlier tasks does not increase (eq. 11)."
+    label = "A-GEM"
+
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, memory_batch_size: int | None = None, **kwargs):
-        super().__init__(backbone, head, optimizer, scheduler, **kwargs)
-        if buffer_size is None: raise ConfigError("A-GEM needs a memory: buffer_size must be a whole number >= 1 (samples kept), got None")
-        check_one_pass_backbone(backbone, "A-GEM")
-        self.buffer = ReplayBuffer(buffer_size, "A-GEM's buffer_size")  # the episodic memory M
-        self.memory_batch_size = None if memory_batch_size is None else check_positive_int("A-GEM's memory_batch_size", memory_batch_size)
-        self._batch_size, self.reference = 0, None
+        super().__init__(backbone, head, optimizer, scheduler, buffer_size, **kwargs)  # the episodic memory M
+        self.memory_batch_size = check_replay_batch_size("A-GEM's memory_batch_size", memory_batch_size, self.buffer.size)
 
     def on_task_start(self, task_id, data):
-        if task_id == 0 and getattr(data, "num_tasks", None):
-            check_buffer_fits("A-GEM's buffer_size", self.buffer.size, len(data) * data.num_tasks, "the training set (this task's size x num_tasks)")
-            if self.buffer.size < data.num_tasks:
-                raise ConfigError(f"A-GEM's buffer_size={self.buffer.size} leaves no memory for some of the {data.num_tasks} tasks: use at least {data.num_tasks}")
+        if task_id == 0 and getattr(data, "num_tasks", None) and self.buffer.size < data.num_tasks:
+            raise ConfigError(f"A-GEM's buffer_size={self.buffer.size} leaves no memory for some of the {data.num_tasks} tasks: use at least {data.num_tasks}")
 
-    def training_batch(self, x, y):
-        self._batch_size = len(y)
-        return x, y
+    def reference_gradients(self, batch, grads):
+        "g_ref: the gradient of the loss on a batch drawn from the memory (each sample through its own task's head in TIL)."
+        m = self.buffer.sample(self.memory_batch_size or batch.num_current)
+        ref = Batch(m.x, m.y, self.task_id, m.task_id, num_current=0)
+        return self.gradients_of(self.task_loss(self(m.x, m.task_id), ref), grads)
 
-    def adjust_gradients(self):
-        if self.buffer.empty: return  # the first task: no constraint
-        params = [p for p in self.parameters() if p.requires_grad]
-        m = self.buffer.sample(self.memory_batch_size or self._batch_size)
-        with torch.enable_grad():
-            ref_loss = self.task_loss(logits_by_task(self, m.x, m.task_id), m.y)
-            refs = torch.autograd.grad(ref_loss, params, allow_unused=True)
-        keep = [i for i, (p, r) in enumerate(zip(params, refs)) if p.grad is not None or r is not None]
-        for i in keep:
-            if params[i].grad is None: params[i].grad = torch.zeros_like(params[i])  # an earlier task's head (TIL): g = 0 there
-        self.reference = [refs[i] if refs[i] is not None else torch.zeros_like(params[i]) for i in keep]  # g_ref, kept for inspection
-        agem_project_([params[i].grad for i in keep], self.reference)
+    def adjust_gradients(self, batch, grads):
+        if self.buffer.empty: return grads  # the first task: no constraint
+        ref = self.reference_gradients(batch, grads)
+        return grads.replace(agem_project(grads.flat(), ref.flat()), used=ref.used)  # an earlier task's head (TIL): g = 0 there
 
     def on_task_end(self, task_id, data):
         share = self.buffer.size // (task_id + 1)  # each task's equal share of the memory
@@ -63,3 +53,4 @@ class AGEM(ReplayMethod):
         seed = int(torch.randint(2**31 - 1, ()))  # from the run's seeded RNG: the memory differs across seeds
         x, y = next(data.batches(batch_size=min(share, len(data)), shuffle=True, seed=seed))
         self.buffer.add_balanced(x, y, task_id, by="task")
+

@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
 # %% ../../nbs/05_algorithm.ipynb #a8fe0483
 from __future__ import annotations
-import logging
+import copy, logging
 from typing import Callable, Iterator
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from .fastpath import FastPath
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'check_number', 'TaskData', 'CLAlgorithm']
+__all__ = ['log', 'check_number', 'TaskData', 'Batch', 'Gradients', 'logits_by_task', 'CLAlgorithm']
 
 # %% ../../nbs/05_algorithm.ipynb #0b1c2d3e
 def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True) -> float:
@@ -58,12 +58,98 @@ class TaskData:
         x, y = self.view.batch(idx)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+# %% ../../nbs/05_algorithm.ipynb #f7f21bbe
+class Batch:
+    """The rows of one training step, as every step hook receives them: inputs `x`, labels `y`, each row's task id `task_ids`;
+    the stream's rows first (`x[batch.current]`), then the rows a method added (`x[batch.replayed]`, in the order added), with
+    per-row extras of the added rows in `extras` (stored logits, say: `extras["logits"][i]` belongs to added row `i`)."""
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, task_id: int, task_ids: torch.Tensor | None = None,
+                 num_current: int | None = None, extras: dict | None = None):
+        self.x, self.y, self.task_id = x, y, task_id  # task_id: the task being trained
+        self.num_current = len(y) if num_current is None else num_current  # host side: no device wait to slice
+        self._task_ids, self.extras = task_ids, dict(extras or {})
+
+    @property
+    def task_ids(self) -> torch.Tensor:
+        "Each row's task id (the stream's rows: the current task's)."
+        if self._task_ids is None: self._task_ids = torch.full_like(self.y, self.task_id)
+        return self._task_ids
+
+    current = property(lambda self: slice(0, self.num_current), doc="The stream's rows: `x[batch.current]`.")
+    replayed = property(lambda self: slice(self.num_current, None), doc="The rows a method added: `x[batch.replayed]`.")
+    num_replayed = property(lambda self: len(self.y) - self.num_current)
+    def __len__(self) -> int: return len(self.y)
+
+    @property
+    def tasks(self):
+        "What `forward` is handed as `task_id`: the task's id while every row is the stream's, else each row's (a tensor)."
+        return self.task_id if self.num_replayed == 0 else self.task_ids
+
+    def with_rows(self, x: torch.Tensor, y: torch.Tensor, task_ids: torch.Tensor, **extras) -> "Batch":
+        "This batch with rows added after its own (replayed samples, say) and their per-row `extras` (appended to any of the same name)."
+        ex = dict(self.extras)
+        for k, v in extras.items(): ex[k] = v if k not in ex else torch.cat([ex[k], v])
+        return Batch(torch.cat([self.x, x]), torch.cat([self.y, y]), self.task_id, torch.cat([self.task_ids, task_ids.to(self.y.device)]),
+                     self.num_current, ex)
+
+
+# %% ../../nbs/05_algorithm.ipynb #3099c33e
+class Gradients:
+    """The step's gradients of `params` (`grads[i]`: `params[i].grad`, `None` where the loss did not reach it), with a flat view
+    for projection methods: `flat()` is one vector (zeros where `None`), `replace(v)` the gradients that a vector `v` of that
+    layout stands for. `adjust_gradients` receives the step's and returns them, changed (or edits them in place and returns `None`)."""
+    def __init__(self, params: list, grads: list | None = None):
+        self.params = params
+        self.grads = [p.grad for p in params] if grads is None else list(grads)
+
+    @property
+    def used(self) -> list: return [g is not None for g in self.grads]
+
+    def flat(self) -> torch.Tensor:
+        "All gradients as one vector, in `params` order (zeros for a parameter without one)."
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for p, g in zip(self.params, self.grads)])
+
+    def replace(self, flat: torch.Tensor, used: list | None = None) -> "Gradients":
+        "The gradients the vector `flat` (laid out as `flat()`) stands for; `None` kept where neither this nor `used` has a gradient."
+        used = self.used if used is None else [a or b for a, b in zip(self.used, used)]
+        parts = flat.split([p.numel() for p in self.params])
+        return Gradients(self.params, [v.view_as(p) if u else None for p, v, u in zip(self.params, parts, used)])
+
+    def dot(self, other: "Gradients") -> torch.Tensor: return torch.dot(self.flat(), other.flat())
+
+    def write(self):
+        "Make these the parameters' `.grad` (what the optimizer steps with)."
+        for p, g in zip(self.params, self.grads):
+            if g is None or g is p.grad: continue
+            if p.grad is None: p.grad = g.clone()
+            else: p.grad.copy_(g)
+
+
 # %% ../../nbs/05_algorithm.ipynb #4bac2217
+_til_columns: dict = {}  # (device, head sizes) -> (first column, number of classes) of each task, made once, outside any CUDA graph
+
+def logits_by_task(algo, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    "`algo`'s logits for samples of several tasks at once: each through its own task's head in TIL (padded with -inf), the shared head otherwise."
+    h = algo.backbone(x, task_id=algo.task_id)
+    head = algo.head
+    if head.scenario != "TIL": return head(h, algo.task_id)
+    layers = list(head.heads)
+    sizes = tuple(l.out_features for l in layers)
+    key = (h.device, sizes)
+    if key not in _til_columns:
+        _til_columns[key] = (torch.tensor([sum(sizes[:t]) for t in range(len(sizes))], device=h.device), torch.tensor(sizes, device=h.device))
+    first, num = _til_columns[key]
+    out = F.linear(h, torch.cat([l.weight for l in layers]), torch.cat([l.bias for l in layers]))  # (N, classes of every task)
+    cols = torch.arange(max(sizes), device=h.device)
+    idx = (first[task_ids, None] + cols).clamp(max=out.shape[1] - 1)
+    return out.gather(1, idx).masked_fill(cols >= num[task_ids, None], float("-inf"))
+
 class CLAlgorithm(L.LightningModule):
     "Base continual-learning algorithm: backbone + head + task bookkeeping + shared metrics; subclasses override the hooks."
     supports: tuple = ("TIL", "CIL", "DIL")  # scenarios the algorithm is defined for
     chunkable: bool = True   # its training steps may run several per Lightning step
     capturable: bool = True  # its training step may be replayed from a CUDA graph
+    learns_from_stream: bool = True  # False: a step only hands the batch to training_batch and after_step (to store); no update
 
     def __init__(self, backbone: nn.Module, head: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_monitor: str = "val/loss"):
@@ -75,6 +161,9 @@ class CLAlgorithm(L.LightningModule):
         self.test_task_ids: list[int] = []
         self.test_results: dict[int, tuple[float, float]] = {}
         self._step_io = None
+        # the initial weights (the loop builds the model right after seeding with the run's seed: a resumed run has the same ones)
+        self._initial = ({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, torch.initial_seed())
+        self.fitter: Callable | None = None  # set by the task loop: what fit_on trains with
         self.configure_speed()
 
     # ---- per task ----
@@ -86,11 +175,11 @@ class CLAlgorithm(L.LightningModule):
     def figures(self, metrics: dict) -> dict: return {}
     # ---- per training step ----
     def before_step(self, batch_idx: int, num_batches: int): pass
-    def training_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple: return x, y
-    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: return F.cross_entropy(logits, y)
-    def extra_loss(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | float | dict: return 0.0
-    def adjust_gradients(self): pass
-    def after_step(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor): pass
+    def training_batch(self, batch: Batch) -> Batch: return batch
+    def task_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor: return F.cross_entropy(logits, batch.y)
+    def extra_loss(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor | float | dict: return 0.0
+    def adjust_gradients(self, batch: Batch, grads: Gradients) -> Gradients | None: return grads
+    def after_step(self, batch: Batch, logits: torch.Tensor | None): pass
     # ---- state beyond parameters ----
     def state(self) -> dict: return {}
     def load_state(self, state: dict): pass
@@ -119,33 +208,86 @@ class CLAlgorithm(L.LightningModule):
             with torch.no_grad(): self.on_task_end(data.task_id, data)
         finally: self.train()
 
-    def forward(self, x: torch.Tensor, task_id: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, task_id: int | torch.Tensor) -> torch.Tensor:
+        "The logits of `x` through task `task_id`'s head; `task_id` a tensor: each row through its own task's (a step's `batch.tasks`)."
+        if torch.is_tensor(task_id): return logits_by_task(self, x, task_id)
         return self.head(self.backbone(x, task_id=task_id), task_id)
 
+    # ---- training on data of the algorithm's choosing ----
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        "A fresh optimizer over the parameters, from the configured factory, checked as each task's is."
+        opt = self.optimizer_factory(self.parameters())
+        self.check_optimizer(opt)
+        self.fast.check_optimizer(opt)
+        return opt
+
+    @torch.no_grad()
+    def reinitialize(self):
+        "Back to the initial weights: the backbone as built from the run's seed, each head layer re-drawn from that seed (the same every call)."
+        backbone, seed = self._initial
+        self.backbone.load_state_dict(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for m in self.head.modules():
+                if m is not self.head and hasattr(m, "reset_parameters"):  # drawn on the CPU: the same weights on every device
+                    fresh = copy.deepcopy(m).cpu(); fresh.reset_parameters(); m.load_state_dict(fresh.state_dict())
+
+    def fit_on(self, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, batch_size: int | None = None):
+        """Train on the (prepared) inputs `x` and labels `y` with ordinary training steps (`task_loss`, `extra_loss`, ... with
+        `batch.task_id` the current task's; a fresh optimizer), for `epochs` epochs: logged, timed and chunked as the task's own
+        training. Call it from `on_task_end` (GDumb retrains on its memory there); the task loop provides how (`self.fitter`)."""
+        if self.fitter is None: raise TrainingError(f"{type(self).__name__}.fit_on runs inside the task loop (clarena.loop), which sets its fitter")
+        was = self.learns_from_stream
+        self.learns_from_stream = True  # these steps are the model's training
+        try:
+            with torch.enable_grad(): self.fitter(self, x, y, epochs, batch_size)
+        finally: self.learns_from_stream = was
+
     # ---- one training step ----
-    def loss_parts(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> dict:
-        "`{'task_loss': task_loss(logits, y), ...extra_loss's parts}`; the step's loss is their sum."
-        parts = {"task_loss": self.task_loss(logits, y)}
-        extra = self.extra_loss(x, y, logits)
+    def loss_parts(self, batch: Batch, logits: torch.Tensor) -> dict:
+        "`{'task_loss': task_loss(logits, batch), ...extra_loss's parts}`; the step's loss is their sum."
+        parts = {"task_loss": self.task_loss(logits, batch)}
+        extra = self.extra_loss(batch, logits)
         if isinstance(extra, dict): parts.update(extra)
         elif torch.is_tensor(extra) or extra != 0: parts["extra_loss"] = extra
         return parts
 
     def step_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        "The training batch's forward pass and loss: `(x, y, logits, parts)` after `training_batch`."
-        x, y = self.training_batch(x, y)
-        logits = self(x, self.task_id)
-        return x, y, logits, self.loss_parts(x, y, logits)
+        "The training batch's forward pass and loss: `(batch, logits, parts)` after `training_batch`."
+        batch = self.training_batch(Batch(x, y, self.task_id))
+        logits = self(batch.x, batch.tasks)
+        return batch, logits, self.loss_parts(batch, logits)
+
+    def gradients(self) -> Gradients:
+        "The trainable parameters' gradients, as `adjust_gradients` receives them."
+        return Gradients([p for p in self.parameters() if p.requires_grad])
+
+    def gradients_of(self, loss: torch.Tensor, like: Gradients, retain_graph: bool = False) -> Gradients:
+        "The gradients of `loss` with respect to `like`'s parameters (`None` where it does not reach): a projection method's reference gradients."
+        with torch.enable_grad(): g = torch.autograd.grad(loss, like.params, allow_unused=True, retain_graph=retain_graph)
+        return Gradients(like.params, g)
+
+    def _adjust(self, batch: Batch):
+        if type(self).adjust_gradients is CLAlgorithm.adjust_gradients: return
+        grads = self.gradients()
+        out = self.adjust_gradients(batch, grads)
+        if out is not None and out is not grads: out.write()
+
+    def store_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        "A step of an algorithm that does not learn from the stream: `training_batch` and `after_step` (logits `None`), no update."
+        self.after_step(self.training_batch(Batch(x, y, self.task_id)), None)
+        return {"loss": torch.zeros((), device=y.device)}
 
     def optimizer_step_on(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> dict:
         "One whole training step by hand, in the order Lightning's automatic optimisation runs it (the fast path's unit); returns the loss parts and `loss`."
+        if not self.learns_from_stream: return self.store_step(x, y)
         opt.zero_grad(set_to_none=True)
-        x, y, logits, parts = self.step_loss(x, y)
+        batch, logits, parts = self.step_loss(x, y)
         total = sum(parts.values())
         total.backward()
-        self.adjust_gradients()
+        self._adjust(batch)
         opt.step()
-        self.after_step(x, y, logits.detach())
+        self.after_step(batch, logits.detach())
         return {"loss": total, **parts}
 
     # ---- Lightning's training step ----
@@ -154,13 +296,15 @@ class CLAlgorithm(L.LightningModule):
         if not self.automatic_optimization:
             raise ConfigError(f"{type(self).__name__} is set to run {self.steps_per_call} steps per Lightning step (speed.steps_per_call): "
                               f"fit it on ChunkedBatches (clarena.loop.fit_task does), or call configure_speed() for one step per batch")
-        x, y, logits, parts = self.step_loss(*batch)
+        if not self.learns_from_stream:  # a loss no parameter depends on: no gradient, so the optimizer leaves every weight as it is
+            return self.store_step(*batch)["loss"].requires_grad_()
+        batch, logits, parts = self.step_loss(*batch)
         total = sum(parts.values())
-        self._step_io = (x, y, logits.detach())
+        self._step_io = (batch, logits.detach())
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
             logged = self.loss_log(total, parts)
-            self.log("train/loss", logged.pop("train/loss"), prog_bar=True, batch_size=len(y))
-            if logged: self.log_dict(logged, batch_size=len(y))
+            self.log("train/loss", logged.pop("train/loss"), prog_bar=True, batch_size=len(batch))
+            if logged: self.log_dict(logged, batch_size=len(batch))
         self.check_finite(total, batch_idx)
         return total
 
@@ -173,7 +317,7 @@ class CLAlgorithm(L.LightningModule):
             self._step_io = None
 
     def on_after_backward(self):
-        if self.automatic_optimization: self.adjust_gradients()
+        if self.automatic_optimization and self._step_io is not None: self._adjust(self._step_io[0])
 
     @staticmethod
     def loss_log(total, parts: dict) -> dict:

@@ -11,11 +11,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import ConfigError
-from .base import CLAlgorithm
+from ..core import check_positive_int
+from .base import CLAlgorithm, Batch, logits_by_task
 
 # %% auto #0
-__all__ = ['check_buffer_size', 'check_buffer_fits', 'Replay', 'ReplayBuffer', 'check_one_pass_backbone', 'logits_by_task',
-           'ReplayMethod']
+__all__ = ['check_buffer_size', 'check_buffer_fits', 'check_replay_batch_size', 'Replay', 'ReplayBuffer', 'add_class_balanced',
+           'check_one_pass_backbone', 'ReplayMethod']
 
 # %% ../../nbs/06f_buffer.ipynb #d48380de
 def check_buffer_size(what: str, size) -> int:
@@ -30,6 +31,13 @@ def check_buffer_fits(what: str, size: int, num_samples: int, where: str = "the 
         raise ConfigError(f"{what}={size} is larger than {where} ({num_samples} samples): it would never fill; "
                           f"use a buffer of at most {num_samples}")
 
+def check_replay_batch_size(what: str, n, buffer_size: int) -> int | None:
+    "`None` (the stream's batch size), or a whole number from 1 to `buffer_size`: a step never replays more rows than the buffer holds (issue #22: 1e8 asked for 313 GB)."
+    if n is None: return None
+    check_positive_int(what, n)
+    if n > buffer_size: raise ConfigError(f"{what}={n} is larger than the buffer ({buffer_size} samples): use at most {buffer_size}")
+    return n
+
 class Replay(NamedTuple):
     "Rows drawn from a `ReplayBuffer`."
     x: torch.Tensor
@@ -37,12 +45,13 @@ class Replay(NamedTuple):
     task_id: torch.Tensor
     logits: torch.Tensor | None
 
+
 # %% ../../nbs/06f_buffer.ipynb #3308e41f
 class ReplayBuffer(nn.Module):
     "At most `size` training samples (inputs, labels, task ids, optional logits) on the model's device: reservoir sampling or equal shares."
     def __init__(self, size: int, what: str = "buffer_size"):
         super().__init__()
-        self.size = check_buffer_size(what, size)
+        self.size, self.what = check_buffer_size(what, size), what
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)   # stream length (reservoir's n)
         self.register_buffer("count", torch.zeros((), dtype=torch.long), persistent=False)  # rows filled: the first `count`
         for k in ("x", "y", "task_id", "logits"): self.register_buffer(k, None, persistent=False)  # size + 1 rows: the last is spare
@@ -135,6 +144,32 @@ class ReplayBuffer(nn.Module):
                         state["logits"].to(dev) if "logits" in state else None)
         self.filled = "x" in state and int(self.seen) > 0
 
+# %% ../../nbs/06f_buffer.ipynb #3677fc5c
+@torch.no_grad()
+def add_class_balanced(buf: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor, generator: torch.Generator | None = None):
+    """GDumb's greedy class-balanced sampler (Prabhu et al., ECCV 2020, sec. 3), one sample at a time: while the buffer has room a
+    sample comes in; once full, a sample of class `c` comes in only if `c` holds fewer than `size / |Y|` rows (`|Y|`: the classes
+    stored, `c` included), in place of a random row of the largest class (the lowest label on a tie). Decided on the host (`generator`: CPU)."""
+    buf._allocate(x, None)
+    n, labels, t = int(buf.count), y.tolist(), buf._task_ids(task_id, y)
+    rows: dict = {}  # class -> the slots holding it
+    for slot, c in enumerate(buf.y[:n].tolist()): rows.setdefault(c, []).append(slot)
+    writes: dict = {}  # slot -> row of the batch (a later row wins)
+    for i, c in enumerate(labels):
+        if n < buf.size: slot, n = n, n + 1
+        else:
+            if len(rows.get(c, ())) >= buf.size // len(rows.keys() | {c}): continue
+            big = max(rows, key=lambda k: (len(rows[k]), -k))
+            k = int(torch.randint(len(rows[big]), (), generator=generator))
+            slot = rows[big][k]; rows[big][k] = rows[big][-1]; rows[big].pop()
+        rows.setdefault(c, []).append(slot); writes[slot] = i
+    if writes:
+        slots = torch.tensor(list(writes), device=y.device); src = torch.tensor(list(writes.values()), device=y.device)
+        buf._write(slots, x[src], y[src], t[src], None)
+    buf.count.fill_(n); buf.seen += len(y)
+    buf.filled = buf.filled or n > 0
+
+
 # %% ../../nbs/06f_buffer.ipynb #c6e9986f
 def check_one_pass_backbone(backbone, algorithm: str):
     "Refuse a backbone with per-task batch norm: a batch of samples from several tasks goes through the backbone in one pass."
@@ -143,28 +178,35 @@ def check_one_pass_backbone(backbone, algorithm: str):
         raise ConfigError(f"{algorithm} runs samples of several tasks through the backbone in one pass, and per-task batch norm picks "
                           f"its statistics by one task id: use model.backbone.batch_norm=none")
 
-_til_columns: dict = {}  # (device, head sizes) -> (first column, number of classes) of each task, made once, outside any CUDA graph
-
-def logits_by_task(algo, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-    "`algo`'s logits for samples of several tasks at once: each through its own task's head in TIL (padded with -inf), the shared head otherwise."
-    h = algo.backbone(x, task_id=algo.task_id)
-    head = algo.head
-    if head.scenario != "TIL": return head(h, algo.task_id)
-    layers = list(head.heads)
-    sizes = tuple(l.out_features for l in layers)
-    key = (h.device, sizes)
-    if key not in _til_columns:
-        _til_columns[key] = (torch.tensor([sum(sizes[:t]) for t in range(len(sizes))], device=h.device), torch.tensor(sizes, device=h.device))
-    first, num = _til_columns[key]
-    out = F.linear(h, torch.cat([l.weight for l in layers]), torch.cat([l.bias for l in layers]))  # (N, classes of every task)
-    cols = torch.arange(max(sizes), device=h.device)
-    idx = (first[task_ids, None] + cols).clamp(max=out.shape[1] - 1)
-    return out.gather(1, idx).masked_fill(cols >= num[task_ids, None], float("-inf"))
 
 # %% ../../nbs/06f_buffer.ipynb #3852cd06
 class ReplayMethod(CLAlgorithm):
-    "A CL algorithm with one replay buffer, `self.buffer`: saved and restored with the run; its rows per task reported after each task."
-    buffer: ReplayBuffer
+    """A CL algorithm with one replay buffer, `self.buffer` (`buffer_size` rows), and `replay_batch_size` rows replayed per step
+    (default: the stream's batch size): the sizes and the backbone are checked here for every replay method (bad sizes before
+    training, the buffer against the training set at the first task), the buffer saved and restored with the run, and its rows
+    per task reported after each task. `label` names the method in messages."""
+    label: str = ""             # default: the class name
+    buffer_name: str = "buffer_size"
+    one_pass: bool = True       # rows of several tasks go through the backbone in one pass (per-task batch norm refused)
+
+    def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, replay_batch_size: int | None = None, **kwargs):
+        super().__init__(backbone, head, optimizer, scheduler, **kwargs)
+        name = self.label or type(self).__name__
+        if self.one_pass: check_one_pass_backbone(backbone, name)
+        if buffer_size is None: raise ConfigError(f"{name} needs a memory: {self.buffer_name} must be a whole number >= 1 (samples kept), got None")
+        self.buffer = ReplayBuffer(buffer_size, f"{name}'s {self.buffer_name}")
+        self.replay_batch_size = check_replay_batch_size(f"{name}'s replay_batch_size", replay_batch_size, self.buffer.size)
+
+    def start_task(self, data):
+        if data.task_id == 0 and getattr(data, "num_tasks", None):
+            check_buffer_fits(self.buffer.what, self.buffer.size, len(data) * data.num_tasks, "the training set (this task's size x num_tasks)")
+        super().start_task(data)
+
+    def replay(self, batch, n: int | None = None, logits: bool = False):
+        "`batch` with `n` rows (default `replay_batch_size`, else the batch's size) drawn from the buffer added, with their stored logits if `logits`."
+        if self.buffer.empty: return batch
+        m = self.buffer.sample(n or self.replay_batch_size or batch.num_current)
+        return batch.with_rows(m.x, m.y, m.task_id, **({"logits": m.logits} if logits else {}))
 
     def state(self) -> dict: return {"buffer": self.buffer.state()}
     def load_state(self, state: dict): self.buffer.load_state(state["buffer"])
@@ -173,3 +215,4 @@ class ReplayMethod(CLAlgorithm):
         "How the buffer's rows split over the tasks so far."
         n = len(self.buffer)
         return dict(task_id=task_id, buffer_rows_per_task=self.buffer.task_id[:n].bincount(minlength=task_id + 1).tolist())
+

@@ -8,9 +8,9 @@ Docs: https://clarena-dev.github.io/clarena/der.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn.functional as F
-from ..core import check_positive_int
 from .base import check_number
-from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
+from .buffer import ReplayMethod
+
 
 # %% auto #0
 __all__ = ['DER']
@@ -20,14 +20,10 @@ class DER(ReplayMethod):
     "Dark Experience Replay (Buzzega et al., NeurIPS 2020): match the logits stored with replayed samples (DER); with `beta` > 0 also replay their labels (DER++)."
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, alpha: float = 0.2, beta: float = 0.0,
                  replay_batch_size: int | None = None, **kwargs):
-        super().__init__(backbone, head, optimizer, scheduler, **kwargs)
-        check_one_pass_backbone(backbone, "DER")
-        self.buffer = ReplayBuffer(buffer_size, "DER's buffer_size")  # the memory M: inputs, labels, task ids and logits z
+        super().__init__(backbone, head, optimizer, scheduler, buffer_size, replay_batch_size, **kwargs)
         self.alpha = check_number("DER's alpha", alpha)  # eq. 6
         self.beta = check_number("DER's beta", beta)     # eq. 7; 0: DER
-        self.replay_batch_size = None if replay_batch_size is None else check_positive_int("DER's replay_batch_size", replay_batch_size)
         self.register_buffer("widths", torch.zeros(0, dtype=torch.long), persistent=False)  # per task: the logits its rows have
-        self._current, self._replay, self._tasks = None, None, None
 
     @property
     def name(self) -> str: return "DER++" if self.beta > 0 else "DER"  # what reports call it
@@ -36,25 +32,13 @@ class DER(ReplayMethod):
         sizes = torch.tensor(self.head_classes, device=self.device)
         self.widths = sizes.cumsum(0) if self.head.scenario == "CIL" else sizes  # the head's outputs while task k trained
 
-    def on_task_start(self, task_id, data):
-        if task_id == 0 and getattr(data, "num_tasks", None):
-            check_buffer_fits("DER's buffer_size", self.buffer.size, len(data) * data.num_tasks, "the training set (this task's size x num_tasks)")
+    def training_batch(self, batch):
+        r = self.replay_batch_size or batch.num_current
+        return self.replay(batch, 2 * r if self.beta > 0 else r, logits=True)  # (x', z') then, for DER++, (x'', y'')
 
-    def training_batch(self, x, y):
-        self._current, self._replay = len(y), None
-        if self.buffer.empty: return x, y
-        r = self.replay_batch_size or len(y)
-        self._replay = m = self.buffer.sample(2 * r if self.beta > 0 else r)  # (x', z') then, for DER++, (x'', y'')
-        if self.head.scenario == "TIL": self._tasks = torch.cat([torch.full_like(y, self.task_id), m.task_id])
-        return torch.cat([x, m.x]), torch.cat([y, m.y])
-
-    def forward(self, x, task_id):
-        tasks, self._tasks = self._tasks, None  # set by training_batch for this step's forward pass only
-        return super().forward(x, task_id) if tasks is None else logits_by_task(self, x, tasks)
-
-    def task_loss(self, logits, y):
-        n = self._current  # L_tc: the current rows (all of them when called outside a step)
-        return F.cross_entropy(logits[:n], y[:n])
+    def task_loss(self, logits, batch):
+        c = batch.current  # L_tc: the stream's rows
+        return F.cross_entropy(logits[c], batch.y[c])
 
     def logit_matching(self, logits: torch.Tensor, z: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         "Eq. 6's squared distance between `logits` and the stored `z`, averaged over the rows and the columns each row's task `task_id` had."
@@ -62,15 +46,15 @@ class DER(ReplayMethod):
         d = torch.where(mask, logits[:, :z.shape[1]] - z, 0.0)  # before squaring: a masked -inf (TIL padding) gets no gradient
         return d.square().sum() / mask.sum()
 
-    def extra_loss(self, x, y, logits):
-        m = self._replay
-        if m is None: return 0.0  # the run's first step: nothing stored yet
-        n = self._current
-        r = self.replay_batch_size or n
-        parts = {"logit_matching": self.alpha * self.logit_matching(logits[n:n + r], m.logits[:r], m.task_id[:r])}
-        if self.beta > 0: parts["replay_ce"] = self.beta * F.cross_entropy(logits[n + r:], y[n + r:])
+    def extra_loss(self, batch, logits):
+        if batch.num_replayed == 0: return 0.0  # the run's first step: nothing stored yet
+        n, r = batch.num_current, batch.num_replayed // (2 if self.beta > 0 else 1)
+        z, tasks = batch.extras["logits"][:r], batch.task_ids[n:n + r]
+        parts = {"logit_matching": self.alpha * self.logit_matching(logits[n:n + r], z, tasks)}
+        if self.beta > 0: parts["replay_ce"] = self.beta * F.cross_entropy(logits[n + r:], batch.y[n + r:])
         return parts
 
-    def after_step(self, x, y, logits):
-        n = self._current
-        self.buffer.add(x[:n], y[:n], self.task_id, logits[:n])
+    def after_step(self, batch, logits):
+        c = batch.current
+        self.buffer.add(batch.x[c], batch.y[c], self.task_id, logits[c])
+

@@ -6,10 +6,8 @@ Docs: https://clarena-dev.github.io/clarena/er.html.md"""
 
 # %% ../../nbs/06g_er.ipynb #5cea2031
 from __future__ import annotations
-import torch
-from ..core import check_positive_int
+from .buffer import ReplayMethod
 
-from .buffer import ReplayMethod, ReplayBuffer, check_buffer_fits, check_one_pass_backbone, logits_by_task
 
 # %% auto #0
 __all__ = ['ER']
@@ -17,28 +15,8 @@ __all__ = ['ER']
 # %% ../../nbs/06g_er.ipynb #0bc8b456
 class ER(ReplayMethod):
     "Experience Replay (Chaudhry et al. 2019): each step trains on the current batch and an equal batch replayed from a reservoir of past samples."
-    def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, replay_batch_size: int | None = None, **kwargs):
-        super().__init__(backbone, head, optimizer, scheduler, **kwargs)
-        check_one_pass_backbone(backbone, "ER")
-        self.buffer = ReplayBuffer(buffer_size, "ER's buffer_size")  # the memory M
-        self.replay_batch_size = None if replay_batch_size is None else check_positive_int("ER's replay_batch_size", replay_batch_size)
-        self._current, self._tasks = 0, None
+    def training_batch(self, batch): return self.replay(batch)
+    def after_step(self, batch, logits):
+        c = batch.current
+        self.buffer.add(batch.x[c], batch.y[c], self.task_id)
 
-    def on_task_start(self, task_id, data):
-        if task_id == 0 and getattr(data, "num_tasks", None):
-            check_buffer_fits("ER's buffer_size", self.buffer.size, len(data) * data.num_tasks, "the training set (this task's size x num_tasks)")
-
-    def training_batch(self, x, y):
-        self._current = len(y)
-        if self.buffer.empty: return x, y
-        m = self.buffer.sample(self.replay_batch_size or len(y))
-        if self.head.scenario == "TIL": self._tasks = torch.cat([torch.full_like(y, self.task_id), m.task_id])
-        return torch.cat([x, m.x]), torch.cat([y, m.y])
-
-    def forward(self, x, task_id):
-        tasks, self._tasks = self._tasks, None  # set by training_batch for this step's forward pass only
-        return super().forward(x, task_id) if tasks is None else logits_by_task(self, x, tasks)
-
-    def after_step(self, x, y, logits):
-        n = self._current
-        self.buffer.add(x[:n], y[:n], self.task_id)

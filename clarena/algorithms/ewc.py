@@ -124,7 +124,7 @@ class QuadraticPenalty(CLAlgorithm):
         d = torch.cat([(p if sl is None else p[sl]).reshape(-1) for p, sl in views]) - m
         return torch.dot(A * d, d) + c
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         if not self.anchors: return 0.0
         return {self.penalty_name: self.scale * self.strength * self.penalty()}
 

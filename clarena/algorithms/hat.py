@@ -132,12 +132,12 @@ class HAT(CLAlgorithm):
         masks = self.masks(task_id, self.s if self.training else self.s_max)
         return self.head(self.backbone(x, masks, task_id=task_id), task_id)
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         masks = self.masks(self.task_id, self.s)  # this step's gates (cheap: a sigmoid per layer)
         free = [getattr(self, f"free_{l}") for l in range(len(masks))]
         return {"capacity_reg": self.capacity_reg * capacity_regularizer(masks, free=(free, self.free_total))}
 
-    def adjust_gradients(self):
+    def adjust_gradients(self, batch, grads):
         for (module, _), (wf, bf) in zip(self.backbone.gated_layers(), self._factors):
             if module.weight.grad is not None: module.weight.grad.mul_(wf)
             if bf is not None and module.bias.grad is not None: module.bias.grad.mul_(bf)
@@ -147,7 +147,7 @@ class HAT(CLAlgorithm):
             self._trained = (self.task_id, [p for p in self.parameters() if p.grad is not None])
         clip_grad_norm(self._trained[1], self.grad_clip_norm)
 
-    def after_step(self, x, y, logits):
+    def after_step(self, batch, logits):
         with torch.no_grad():
             for e in self.embeddings[self.task_id]: e.clamp_(-self.clamp, self.clamp)
 

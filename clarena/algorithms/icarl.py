@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import ConfigError, check_positive_int
-from .base import CLAlgorithm
-from .buffer import ReplayBuffer
+from ..core import ConfigError
+from .buffer import ReplayMethod
 from .lwf import FrozenCopy
 
 # %% auto #0
@@ -31,14 +30,13 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
     return order
 
 # %% ../../nbs/06j_icarl.ipynb #441ab73e
-class ICaRL(CLAlgorithm):
+class ICaRL(ReplayMethod):
     "iCaRL (Rebuffi et al., CVPR 2017): herding exemplars (Algs. 4-5), classification + distillation with sigmoid outputs (Alg. 3), nearest-mean-of-exemplars classification (Alg. 1)."
     supports = ("CIL",)
+    label, buffer_name, one_pass = "iCaRL", "buffer_size (K)", False  # CIL: one head, no per-task batch norm to refuse
 
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, replay_batch_size: int | None = None, **kwargs):
-        super().__init__(backbone, head, optimizer, scheduler, **kwargs)
-        self.buffer = ReplayBuffer(buffer_size, "iCaRL's buffer_size (K)")  # the exemplar sets P_1..P_t, each in herding order
-        self.replay_batch_size = None if replay_batch_size is None else check_positive_int("iCaRL's replay_batch_size", replay_batch_size)
+        super().__init__(backbone, head, optimizer, scheduler, buffer_size, replay_batch_size, **kwargs)  # the exemplar sets P_1..P_t, each in herding order
         self.register_buffer("class_means", None, persistent=False)  # mu_y of Alg. 1, one row per class
         self.old: FrozenCopy | None = None  # backbone and head at the end of the previous task
         self.old_head_classes: list[int] = []  # the classes each task had added to that head
@@ -59,22 +57,19 @@ class ICaRL(CLAlgorithm):
                               f"every class needs at least one exemplar (m = K / classes, Alg. 2); use at least {seen}")
         if self.old is not None: self.old.to(self.device)  # the task's training device (a copy restored from a checkpoint is on the CPU)
 
-    def training_batch(self, x, y):
-        if self.buffer.empty: return x, y
-        m = self.buffer.sample(self.replay_batch_size or len(y))
-        return torch.cat([x, m.x]), torch.cat([y, m.y])
+    def training_batch(self, batch): return self.replay(batch)
 
-    def task_loss(self, logits, y):
+    def task_loss(self, logits, batch):
         "Alg. 3's classification term: BCE of the new classes' outputs against the labels (all 0 for an exemplar of an old class)."
-        s = self.old_classes
+        s, y = self.old_classes, batch.y
         target = (y[:, None] == torch.arange(s, logits.shape[1], device=y.device)).to(logits.dtype)
         return F.binary_cross_entropy_with_logits(logits[:, s:], target, reduction="none").sum(1).mean()
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         "Alg. 3's distillation term: BCE of the old classes' outputs against the previous network's sigmoid outputs q."
         if self.old is None: return 0.0
         old = self.old.module
-        with torch.no_grad(): q = torch.sigmoid(old["head"](old["backbone"](x, task_id=self.task_id)))
+        with torch.no_grad(): q = torch.sigmoid(old["head"](old["backbone"](batch.x, task_id=self.task_id)))
         s = q.shape[1]
         return {"distillation": F.binary_cross_entropy_with_logits(logits[:, :s], q, reduction="none").sum(1).mean()}
 

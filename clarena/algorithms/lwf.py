@@ -90,8 +90,9 @@ class LwF(CLAlgorithm):
         if self.head.scenario == "CIL": return [logits[:, :sum(self.old_head_classes)]]
         return [logits]
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         if self.old is None: return 0.0  # the first task: nothing to keep
+        x = batch.x
         terms = [distillation(o, t, self.temperature) for o, t in zip(self.outputs(x, logits), self.targets(x))]
         return {"distillation": self.strength * sum(terms)}
 

@@ -113,11 +113,11 @@ class PackNet(CLAlgorithm):
 
     def before_step(self, batch_idx: int, num_batches: int): self._epoch_steps = max(self._epoch_steps, num_batches)
 
-    def training_batch(self, x, y):
-        self._batch_size = max(self._batch_size, len(y))  # runs eagerly at least once per task, also when steps are captured
-        return x, y
+    def training_batch(self, batch):
+        self._batch_size = max(self._batch_size, len(batch))  # runs eagerly at least once per task, also when steps are captured
+        return batch
 
-    def adjust_gradients(self):
+    def adjust_gradients(self, batch, grads):
         if self._trained_shared is None:  # the shared parameters this task trains: the same every step, found once
             self._trained_shared = [i for i, (p, f) in enumerate(zip(self.shared, self.shared_fixed.tolist())) if p.grad is not None and not f]
         grads = [w.grad for w in self._weights]

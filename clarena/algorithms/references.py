@@ -8,7 +8,7 @@ Docs: https://clarena-dev.github.io/clarena/references.html.md"""
 from __future__ import annotations
 import copy
 from torch import nn
-from .base import CLAlgorithm
+from .base import CLAlgorithm, Batch
 
 # %% auto #0
 __all__ = ['REFERENCES', 'Joint', 'Independent', 'Random']
@@ -25,11 +25,11 @@ class Joint(CLAlgorithm):
     def on_task_start(self, task_id: int, data):
         self.earlier_tasks, self.batch_size = data.earlier(), 0
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         if not self.earlier_tasks: return 0.0
-        self.batch_size = max(self.batch_size, len(y))  # full-size batches for the earlier tasks, also beside the epoch's smaller last one
+        self.batch_size = max(self.batch_size, len(batch))  # full-size batches for the earlier tasks, also beside the epoch's smaller last one
         batches = [(d.task_id, *d.sample(self.batch_size)) for d in self.earlier_tasks]
-        return {"earlier_tasks": sum(self.task_loss(self(xk, k), yk) for k, xk, yk in batches)}
+        return {"earlier_tasks": sum(self.task_loss(self(xk, k), Batch(xk, yk, k)) for k, xk, yk in batches)}
 
 # %% ../../nbs/05d_references.ipynb #c418dbb1
 class Independent(CLAlgorithm):

@@ -59,7 +59,7 @@ class SI(CLAlgorithm):
         self._names, self._params = [n for n, _ in named], [p for _, p in named]
         self._trained, self._placed = None, True  # the parameters this task trains: found at its first backward
 
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         if not self.anchor: return 0.0  # the first task: nothing to protect
         with torch.no_grad():
             d = torch._foreach_sub(self._params, [self.anchor[n] for n in self._names])
@@ -67,7 +67,7 @@ class SI(CLAlgorithm):
             torch._foreach_mul_(d, self._penalty_grad)  # Omega (theta - theta~)^2, >= 0: its sum is its L1 norm
             return {"si_penalty": self.strength * torch.stack(torch._foreach_norm(d, 1)).sum()}
 
-    def adjust_gradients(self):
+    def adjust_gradients(self, batch, grads):
         with torch.no_grad():
             if self._trained is None:  # every step of a task trains the same parameters
                 idx = [i for i, p in enumerate(self._params) if p.grad is not None]
@@ -80,7 +80,7 @@ class SI(CLAlgorithm):
             if self.anchor: torch._foreach_add_(grads, [self._penalty_grad[i] for i in idx], alpha=2 * self.strength)
             torch._foreach_copy_(before, params)
 
-    def after_step(self, x, y, logits):
+    def after_step(self, batch, logits):
         with torch.no_grad():
             _, params, omega, g, before = self._trained
             torch._foreach_sub_(before, params)         # -Delta theta
