@@ -6,33 +6,38 @@ Docs: https://clarena-dev.github.io/clarena/arena.html.md"""
 
 # %% ../nbs/10_arena.ipynb #025c89c7
 from __future__ import annotations
-import base64, hashlib, html, io, json, logging, math, re, sys, textwrap, traceback
+import base64, copy, csv, fcntl, hashlib, html, io, json, logging, math, os, re, socket, sys, textwrap, time, traceback
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import quote
 
 import numpy as np
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .rundirs import atomic_write, resumable
+from .core import ConfigError
+from .rundirs import atomic_write, check_name, resumable
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'PAGE_CSS',
-           'FIRST_FIGURES', 'run_identity', 'benchmark_name', 'same_data', 'arena_job', 'collect', 'summarize_runs',
+__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'STD_NOTE',
+           'PAGE_CSS', 'FIRST_FIGURES', 'identity_config', 'run_identity', 'benchmark_name', 'same_data', 'arena_job',
+           'check_results', 'collect', 'MeanStd', 'mean_std', 'settings', 'group_runs', 'summarize_runs',
            'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png', 'img_html',
-           'fmt', 'table_html', 'html_page', 'run_figures', 'run_summary_rows', 'acc_matrix_rows', 'run_summary_html',
-           'report_html', 'run_arena', 'ArenaReport', 'main']
+           'fmt', 'Html', 'esc', 'link_html', 'table_html', 'html_page', 'run_figures', 'run_summary_rows',
+           'acc_matrix_rows', 'run_summary_html', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
+           'ArenaReport', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
 VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "checkpoint", "tags", "hydra")
 VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 LOCATION_KEYS = ("data.root",)  # where the data is read from, not what it is (the data's fingerprint says that)
 
-def run_identity(cfg: DictConfig) -> str:
-    "A short hash of everything in `cfg` that can change the run's results."
-    c = OmegaConf.to_container(cfg, resolve=True)
+def identity_config(cfg: DictConfig | dict) -> dict:
+    "The resolved config `cfg` (or the dict a run recorded) less what cannot change the run's results: what `run_identity` hashes."
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     for k in VOLATILE_KEYS: c.pop(k, None)
     for k in VOLATILE_TRAINER_KEYS: c.get("trainer", {}).pop(k, None)
     for k in LOCATION_KEYS:
@@ -40,7 +45,11 @@ def run_identity(cfg: DictConfig) -> str:
         node = c
         for p in parents: node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict): node.pop(leaf, None)
-    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return c
+
+def run_identity(cfg: DictConfig) -> str:
+    "A short hash of everything in `cfg` that can change the run's results."
+    return hashlib.sha1(json.dumps(identity_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../nbs/10_arena.ipynb #c8be6ee1
 def benchmark_name(cfg) -> str:
@@ -61,8 +70,9 @@ def same_data(cfg: DictConfig, metrics: dict) -> str | None:
 def _record_failure(cfg: DictConfig, rid: str, run_dir: Path | None, error: str, tb: str = ""):
     "Write a failed run's `failed.json` (into `run_dir`, unless None) and the sweep job's own record; say so."
     if run_dir is not None:
-        info = dict(identity=rid, experiment=cfg.get("experiment_name"), seed=cfg.get("seed"), error=error, traceback=tb,
-                    config=OmegaConf.to_container(cfg, resolve=False))
+        try: config = OmegaConf.to_container(cfg, resolve=True)  # resolved, as a finished run records it: the report groups them alike
+        except Exception: config = OmegaConf.to_container(cfg, resolve=False)
+        info = dict(identity=rid, experiment=cfg.get("experiment_name"), seed=cfg.get("seed"), error=error, traceback=tb, config=config)
         atomic_write(run_dir / "failed.json", json.dumps(info, indent=1, default=str))
     from hydra.core.hydra_config import HydraConfig
     if HydraConfig.initialized():  # the sweep's own record, which SweepReport counts for the exit status
@@ -77,7 +87,10 @@ def arena_job(cfg: DictConfig) -> float | None:
     rid = run_identity(cfg)
     run_dir = Path(cfg.arena.dir) / "runs" / rid
     if (run_dir / "metrics.json").exists():
-        m = json.loads((run_dir / "metrics.json").read_text())
+        try: m = check_results(run_dir)
+        except ValueError as e:  # edited or damaged since it finished: not a result to skip with, nor to overwrite
+            _record_failure(cfg, rid, None, f"run {rid} finished before but its results are broken: {e}; move {run_dir} away to run it again")
+            return None
         try: other = same_data(cfg, m)
         except Exception as e: other = f"its data cannot be loaded to check that it is the run's: {type(e).__name__}: {e}"
         if other is not None:  # the finished run stays as it is; this job fails, without touching it
@@ -105,51 +118,121 @@ def arena_job(cfg: DictConfig) -> float | None:
 # %% ../nbs/10_arena.ipynb #c25e7ab3
 REPORT_METRICS = ("final_avg_acc", "bwt", "forgetting", "total_wall_s", "peak_host_memory_mb")
 
+def check_results(run_dir) -> dict:
+    """The finished run's `metrics.json` in `run_dir`, checked against the results hash it recorded when it finished (`results_sha256`);
+    `ValueError` saying what is wrong when it cannot be read (truncated, damaged), holds no hash, or was changed since."""
+    from clarena.loop import results_sha256  # torch: imported when runs are collected, not when clarena-arena starts
+    try: m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"its metrics.json cannot be read ({type(e).__name__}: {e}): truncated or damaged") from None
+    if not isinstance(m, dict) or "results_sha256" not in m:
+        raise ValueError("its metrics.json holds no results hash (edited, or written by a clarena that did not record one)")
+    if m["results_sha256"] != results_sha256(m):
+        raise ValueError("its metrics.json was changed after the run finished (it does not match the results hash the run recorded)")
+    return m
+
+def _described(config) -> dict:
+    "What a run ran (algorithm, benchmark, seed, config) from its resolved config; {} if that cannot be told."
+    try: return dict(algorithm=config["model"]["algorithm"]["_target_"].rsplit(".", 1)[-1], benchmark=benchmark_name(config),
+                     seed=config.get("seed"), config=config)
+    except Exception: return {}
+
 def collect(arena_dir) -> list[dict]:
-    "One row per run in `arena_dir/runs`: its status, what it ran and its metrics (or its error)."
+    """One row per run in `arena_dir/runs`: its status (`finished`, `failed`, `broken`: results that fail their check, with the reason
+    in `error`; `unfinished`), what it ran, its resolved config and its metrics (or its error)."""
     rows = []
-    for d in sorted((Path(arena_dir) / "runs").glob("*")):
-        if (d / "metrics.json").exists():
-            m = json.loads((d / "metrics.json").read_text())
-            rows.append(dict(identity=d.name, status="finished", algorithm=m["algorithm"], benchmark=benchmark_name(m["config"]),
-                             experiment=m["experiment"], seed=m["seed"], data_source=m["data_source"], avg_acc=m["avg_acc"],
-                             acc_matrix=m["acc_matrix"], **{k: m.get(k) for k in REPORT_METRICS}))
-        elif (d / "failed.json").exists():
-            f = json.loads((d / "failed.json").read_text())
-            c = f["config"]
-            rows.append(dict(identity=d.name, status="failed", algorithm=c["model"]["algorithm"]["_target_"].rsplit(".", 1)[-1],
-                             benchmark=benchmark_name(c), experiment=f["experiment"], seed=f["seed"], error=f["error"]))
-        else:
-            rows.append(dict(identity=d.name, status="unfinished"))
+    for d in sorted(p for p in (Path(arena_dir) / "runs").glob("*") if p.is_dir()):
+        try:
+            if (d / "metrics.json").exists():
+                m = check_results(d)
+                rows.append(dict(identity=d.name, status="finished", algorithm=m["algorithm"], benchmark=benchmark_name(m["config"]),
+                                 experiment=m["experiment"], seed=m["seed"], data_source=m["data_source"], avg_acc=m["avg_acc"],
+                                 acc_matrix=m["acc_matrix"], config=m["config"], **{k: m.get(k) for k in REPORT_METRICS}))
+            elif (d / "failed.json").exists():
+                f = json.loads((d / "failed.json").read_text())
+                rows.append(dict(identity=d.name, status="failed", **(_described(f["config"]) | dict(seed=f["seed"])), experiment=f["experiment"], error=f["error"]))
+            else:
+                rows.append(dict(identity=d.name, status="unfinished"))
+        except Exception as e:  # one damaged run is listed, not fatal to the report
+            try: config = OmegaConf.to_container(OmegaConf.load(d / "config.yaml"))  # what the run was started with (written before it trains)
+            except Exception: config = None
+            why = str(e) if isinstance(e, ValueError) and str(e).startswith("its ") else f"its results cannot be used ({type(e).__name__}: {e})"
+            rows.append(dict(identity=d.name, status="broken", **_described(config), error=why))
     return rows
 
-def _mean_std(xs):
+class MeanStd(NamedTuple):
+    "The mean, the sample standard deviation (ddof=1) and the count n of a metric over a group's runs."
+    mean: float | None
+    std: float
+    n: int
+
+def mean_std(xs) -> MeanStd:
+    """Mean and sample standard deviation (ddof=1: the spread between seeds, estimated from n of them) of the numbers in `xs`, None left out;
+    the std is NaN for n < 2 (one run says nothing about the spread), the mean None for n = 0."""
     xs = [x for x in xs if x is not None]
-    return (float(np.mean(xs)), float(np.std(xs))) if xs else (None, None)
+    if not xs: return MeanStd(None, math.nan, 0)
+    return MeanStd(float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan, len(xs))
+
+_mean_std = mean_std  # the league chapter's name for it
+
+def _leaves(c: dict, prefix: str = "") -> dict:
+    "A nested config as {dotted key: value}."
+    out = {}
+    for k, v in c.items():
+        if isinstance(v, dict) and v: out |= _leaves(v, f"{prefix}{k}.")
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def settings(rows: list[dict]) -> list[dict]:
+    """Each row's setting: its config as dotted keys (`identity_config`: less where files go) without the seed and what follows from it,
+    the keys whose value is the run's seed in every run that has them (`data.seed`, a head's `init_seed`: `${seed}`, resolved)."""
+    flats = [_leaves(identity_config(r["config"])) if isinstance(r.get("config"), dict) else {} for r in rows]
+    from_seed = {k for f in flats for k in f}
+    for f in flats: from_seed -= {k for k, v in f.items() if not (type(v) is type(f.get("seed")) and v == f.get("seed"))}
+    return [{k: v for k, v in f.items() if k != "seed" and k not in from_seed} for f in flats]
+
+def _value(v) -> str: return v if isinstance(v, str) else json.dumps(v)
+
+def group_runs(rows: list[dict]) -> list[tuple[str, str, str, list]]:
+    """The runs that differ in nothing but the seed, grouped: (benchmark, algorithm, setting, runs), where `setting` names what this group's
+    config has that the other groups of its benchmark and algorithm do not (`model.optimizer.lr=0.05`); '' when it is the only one."""
+    rows = [r for r in rows if r["status"] != "unfinished" and r.get("algorithm")]
+    groups = {}
+    for r, s in zip(rows, settings(rows)):
+        groups.setdefault((r["benchmark"], r["algorithm"], json.dumps(s, sort_keys=True, default=str)), (s, []))[1].append(r)
+    out = []
+    for (b, a, _), (s, rs) in sorted(groups.items()):
+        others = [o for (b2, a2, _), (o, _) in groups.items() if (b2, a2) == (b, a)]
+        differ = sorted(k for k in set().union(*others) if len({json.dumps(o.get(k, "<unset>"), default=str) for o in others}) > 1)
+        out.append((b, a, ", ".join(f"{k}={_value(s[k])}" if k in s else f"{k} unset" for k in differ), rs))
+    return out
 
 def summarize_runs(rows: list[dict]) -> list[dict]:
-    "Mean and std over seeds of each metric, per (benchmark, algorithm), with counts of finished and failed runs."
-    groups = {}
-    for r in rows:
-        if r["status"] == "unfinished": continue
-        groups.setdefault((r["benchmark"], r["algorithm"]), []).append(r)
+    """Per group of runs that differ only in their seed (`group_runs`): mean, sample std and n of each metric over its finished runs
+    (`mean_std`), with the counts of finished, failed and broken runs."""
     out = []
-    for (bench, algo), rs in sorted(groups.items()):
+    for bench, algo, setting, rs in group_runs(rows):
         ok = [r for r in rs if r["status"] == "finished"]
-        g = dict(benchmark=bench, algorithm=algo, finished=len(ok), failed=len(rs) - len(ok), seeds=sorted(r["seed"] for r in ok))
-        for k in REPORT_METRICS: g[k] = _mean_std([r[k] for r in ok])
+        g = dict(benchmark=bench, algorithm=algo, setting=setting, finished=len(ok), failed=sum(r["status"] == "failed" for r in rs),
+                 broken=sum(r["status"] == "broken" for r in rs), seeds=sorted(r["seed"] for r in ok))
+        for k in REPORT_METRICS: g[k] = mean_std([r[k] for r in ok])
         out.append(g)
     return out
 
 def _fmt(ms, scale=1.0, digits=4):
-    m, s = ms
-    return "n/a" if m is None else f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+    "mean ± sample std (n < 2: the mean alone; n/a with no run)."
+    m, s, n = ms
+    if m is None: return "n/a"
+    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if n > 1 else "")
 
-REPORT_HEADER = ("benchmark", "algorithm", "runs", "final avg acc", "BWT", "forgetting", "wall time (s)", "peak memory (MB)")
+REPORT_HEADER = ("benchmark", "algorithm", "runs (n)", "final avg acc", "BWT", "forgetting", "wall time (s)", "peak memory (MB)")
+STD_NOTE = ("Each number: mean ± sample standard deviation (ddof=1) over the row's n finished runs, which differ only in their seed; "
+            "a row of one run shows its value alone (no std).")
 
 def report_cells(g: dict) -> list[str]:
     "One group's row of the arena's table, as text: the numbers rounded for reading."
-    return [g["benchmark"], g["algorithm"], f"{g['finished']}" + (f" (+{g['failed']} failed)" if g["failed"] else ""),
+    runs = f"{g['finished']}" + "".join(f" (+{g.get(k)} {k})" for k in ("failed", "broken") if g.get(k))
+    return [g["benchmark"], g["algorithm"] + (f" [{g['setting']}]" if g.get("setting") else ""), runs,
             _fmt(g["final_avg_acc"]), _fmt(g["bwt"]), _fmt(g["forgetting"]), _fmt(g["total_wall_s"], digits=1), _fmt(g["peak_host_memory_mb"], digits=0)]
 
 def data_note(rows: list[dict]) -> str:
@@ -158,62 +241,77 @@ def data_note(rows: list[dict]) -> str:
     if not sources: return ""
     return f"Data: {', '.join(sources)}" + (" (the bundled MNIST sample: not comparable with papers)" if any(s.startswith("mnist-bundled") for s in sources) else "")
 
+def _run_line(r: dict) -> str:
+    "A failed or broken run in a line: what it ran, and why it is not in the table."
+    what = f"{r['algorithm']} on {r['benchmark']}, seed {r.get('seed')}" if r.get("algorithm") else "(what it ran cannot be read)"
+    return f"{r['identity']}: {what}: {r['error']}"
+
 def report_markdown(groups: list[dict], rows: list[dict]) -> str:
-    "The arena's table (mean ± std over seeds) and the list of failed runs, as markdown."
+    "The arena's table (mean ± sample std over seeds, with n) and the lists of failed and broken runs, as markdown."
     lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)] + ["| " + " | ".join(report_cells(g)) + " |" for g in groups]
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        lines += ["", "Failed runs:", ""] + [f"- `{r['identity']}` {r['algorithm']} on {r['benchmark']}, seed {r['seed']}: {r['error']}" for r in failed]
+    lines += ["", STD_NOTE]
+    for status, title in (("failed", "Failed runs"), ("broken", "Broken runs (their results fail their check: left out of the table)")):
+        bad = [r for r in rows if r["status"] == status]
+        if bad: lines += ["", f"{title}:", ""] + [f"- {_run_line(r)}" for r in bad]
     if data_note(rows): lines += ["", data_note(rows)]
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/10_arena.ipynb #816947c1
+def _group_name(algo: str, setting: str) -> str: return algo + (f" [{setting}]" if setting else "")
+
 def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
-    """Comparison figures: average accuracy over tasks per algorithm (a panel per benchmark, the legend beside it), and the mean
-    accuracy matrix of each (benchmark, algorithm), `ncols` to a row: a league of dozens of pairs stays a readable grid."""
+    """Comparison figures, one curve and one matrix per group of runs that differ only in their seed (`group_runs`): the average accuracy
+    over tasks (mean, and a band of ± one sample std where n > 1; a panel per benchmark, the legend beside it), and the group's mean accuracy
+    matrix, `ncols` to a row: a league of dozens of groups stays a readable grid."""
     from clarena import metrics as M  # matplotlib: imported when a figure is drawn (clarena-arena --help and bad input go without it)
-    ok = [r for r in rows if r["status"] == "finished"]
-    benches = sorted({r["benchmark"] for r in ok})
+    groups = [(b, _group_name(a, s), [r for r in rs if r["status"] == "finished"]) for b, a, s, rs in group_runs(rows)]
+    groups = [g for g in groups if g[2]]
     figs = {}
-    if not ok: return figs
-    algos = {b: sorted({r["algorithm"] for r in ok if r["benchmark"] == b}) for b in benches}
-    fig = M.InlineFigure(figsize=(7.5, 0.6 + max(3.2, 0.17 * max(map(len, algos.values())) + 0.8) * len(benches)), layout="constrained")
+    if not groups: return figs
+    benches = sorted({b for b, _, _ in groups})
+    per_bench = {b: [g for g in groups if g[0] == b] for b in benches}
+    fig = M.InlineFigure(figsize=(7.5, 0.6 + max(3.2, 0.17 * max(map(len, per_bench.values())) + 0.8) * len(benches)), layout="constrained")
     for ax, b in zip(np.atleast_1d(fig.subplots(len(benches), 1)), benches):
-        for algo in algos[b]:
-            curves = np.array([r["avg_acc"] for r in ok if r["benchmark"] == b and r["algorithm"] == algo])
-            m, s = curves.mean(0), curves.std(0)
-            ax.plot(range(len(m)), m, marker="o", label=f"{algo} (n={len(curves)})"); ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
-        ax.set(title=b, xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02), xticks=range(len(m))); ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        for _, name, ok in per_bench[b]:
+            curves = np.array([r["avg_acc"] for r in ok])
+            m = curves.mean(0)
+            ax.plot(range(len(m)), m, marker="o", label="\n".join(textwrap.wrap(f"{name} (n={len(curves)})", 60)))
+            if len(curves) > 1:
+                s = curves.std(0, ddof=1); ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
+        ax.set(title=b, xlabel="after training task", ylabel="average accuracy (mean ± sample std)", ylim=(0, 1.02), xticks=range(len(m)))
+        ax.grid(alpha=0.3); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figs["arena_avg_acc.png"] = fig
-    pairs = sorted({(r["benchmark"], r["algorithm"]) for r in ok})
-    cols = min(ncols, len(pairs)); nrows = math.ceil(len(pairs) / cols)
+    cols = min(ncols, len(groups)); nrows = math.ceil(len(groups) / cols)
     fig = M.InlineFigure(figsize=(2.9 * cols, 0.3 + 3.4 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
-    for ax in axes[len(pairs):]: ax.set_visible(False)
-    for ax, (b, algo) in zip(axes, pairs):
-        R = np.mean([M.rows_to_matrix(r["acc_matrix"]) for r in ok if r["benchmark"] == b and r["algorithm"] == algo], axis=0)
+    for ax in axes[len(groups):]: ax.set_visible(False)
+    for ax, (b, name, ok) in zip(axes, groups):
+        R = np.mean([M.rows_to_matrix(r["acc_matrix"]) for r in ok], axis=0)
         ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
         for i in range(len(R)):
             for j in range(i + 1): ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if R[i, j] < 0.6 else "k")
         ax.set(xlabel="tested on task", ylabel="after task", xticks=range(len(R)), yticks=range(len(R)))
-        ax.set_title("\n".join(textwrap.wrap(algo, 40) + textwrap.wrap(b, 40)), fontsize=7)  # 40 characters of 7 pt: the panel's width
+        # 40 characters of 7 pt: the panel's width
+        ax.set_title("\n".join(textwrap.wrap(f"{name}, mean of n={len(ok)}", 40) + textwrap.wrap(b, 40)), fontsize=7)
     figs["arena_acc_matrices.png"] = fig
     return figs
 
+def _csv(rows: list[list]) -> str:
+    buf = io.StringIO(); csv.writer(buf, lineterminator="\n").writerows(rows); return buf.getvalue()
+
 def write_report(arena_dir) -> dict:
-    "Write the arena's report files into `arena_dir` (`report.md`, `report.csv`, `runs.csv`, the figures, `report.html`, each run's `summary.html`); return the groups and rows."
+    """Write the arena's report files into `arena_dir` (`report.md`, `report.csv`, `runs.csv`, the figures, `report.html`, each finished run's
+    `summary.html`); return the groups and rows. Runs that failed or whose results are broken are listed, and the report is written all the same."""
     arena_dir = Path(arena_dir)
     rows = collect(arena_dir)
     groups = summarize_runs(rows)
     atomic_write(arena_dir / "report.md", "# Arena report\n\n" + report_markdown(groups, rows))
-    head = ["benchmark", "algorithm", "finished", "failed"] + [f"{k}_{s}" for k in REPORT_METRICS for s in ("mean", "std")]
-    lines = [",".join(head)] + [",".join([f'"{g["benchmark"]}"', g["algorithm"], str(g["finished"]), str(g["failed"])] +
-                                         ["" if g[k][0] is None else f"{v:.6g}" for k in REPORT_METRICS for v in g[k]]) for g in groups]
-    atomic_write(arena_dir / "report.csv", "\n".join(lines) + "\n")
+    num = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6g}"
+    head = ["benchmark", "algorithm", "setting", "finished", "failed", "broken"] + [f"{k}_{s}" for k in REPORT_METRICS for s in ("mean", "std", "n")]
+    atomic_write(arena_dir / "report.csv", _csv([head] + [[g["benchmark"], g["algorithm"], g["setting"], g["finished"], g["failed"], g["broken"]] +
+                                                          [x for k in REPORT_METRICS for x in (num(g[k].mean), num(g[k].std), g[k].n)] for g in groups]))
     run_cols = ["identity", "status", "benchmark", "algorithm", "seed", *REPORT_METRICS, "error"]
-    atomic_write(arena_dir / "runs.csv", "\n".join([",".join(run_cols)] + [",".join(json.dumps(r.get(c, "")) if isinstance(r.get(c), str) else
-                                                                                  str(r.get(c, "")) for c in run_cols) for r in rows]) + "\n")
+    atomic_write(arena_dir / "runs.csv", _csv([run_cols] + [[r.get(c, "") for c in run_cols] for r in rows]))
     figs = {name: figure_png(fig) for name, fig in plot_arena(rows).items()}
     for name, png in figs.items(): atomic_write(arena_dir / name, png)
     for r in rows:  # each finished run's own page, linked from the report's list of runs
@@ -233,24 +331,35 @@ def figure_png(fig, dpi: int = 100) -> bytes:
 
 def img_html(png: bytes, alt: str = "") -> str:
     "An `<img>` that holds the PNG itself (base64), so the page needs no file beside it."
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 def fmt(x, digits: int = 4) -> str:
     "A number rounded for reading; `n/a` for a missing or undefined one (None, NaN)."
     if x is None or (isinstance(x, float) and math.isnan(x)): return "n/a"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
+class Html(str):
+    "Text that is HTML already, built here from escaped parts (a link): `table_html` puts it in as it is; every other value is escaped."
+
+def esc(x) -> str:
+    "`x` as HTML text: escaped (quotes too), unless it is `Html`."
+    return x if isinstance(x, Html) else html.escape(str(x), quote=True)
+
+def link_html(href: str, text) -> Html:
+    "A link to the relative path `href` (each part URL-quoted, so a folder named by a value stays one path) showing `text`, escaped."
+    return Html(f'<a href="{esc("/".join(quote(p, safe="") for p in href.split("/")))}">{esc(text)}</a>')
+
 def table_html(header, rows) -> str:
-    "An HTML table of text cells (escaped), numbers aligned right; `header=None`: no header row."
-    num = lambda c: bool(re.fullmatch(r"[-+]?[\d.]+( ± [\d.]+)?( \(.*\))?", str(c)))
-    return ("<table>" + ("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else "") +
-            "".join("<tr>" + "".join(f'<td class="num">{html.escape(str(c))}</td>' if num(c) else f"<td>{html.escape(str(c))}</td>" for c in row)
+    "An HTML table of cells (every value escaped, `Html` put in as it is), numbers aligned right; `header=None`: no header row."
+    num = lambda c: not isinstance(c, Html) and bool(re.fullmatch(r"[-+]?[\d.]+( ± [\d.]+)?( \(.*\))?", str(c)))
+    return ("<table>" + ("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else "") +
+            "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if num(c) else f"<td>{esc(c)}</td>" for c in row)
                     + "</tr>" for row in rows) + "</table>")
 
 def html_page(title: str, body: str) -> str:
     "A complete, self-contained HTML page."
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{PAGE_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{PAGE_CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
 
 # %% ../nbs/10_arena.ipynb #2c9e6a3d
 FIRST_FIGURES = ("acc_matrix.png", "avg_acc.png", "task_acc.png")
@@ -282,40 +391,79 @@ def run_summary_html(run_dir) -> Path:
     run_dir = Path(run_dir)
     m = json.loads((run_dir / "metrics.json").read_text())
     body = [table_html(None, run_summary_rows(m))]
-    if m.get("note"): body.append(f'<p class="note">{html.escape(m["note"])}</p>')
+    if m.get("note"): body.append(f'<p class="note">{esc(m["note"])}</p>')
     body += ["<h2>Accuracy matrix</h2>", table_html(*acc_matrix_rows(m)), "<h2>Figures</h2>"]
     body += [img_html(p.read_bytes(), p.stem) for p in run_figures(run_dir)]
-    body += ["<h2>Config</h2>", f"<details><summary>the resolved config</summary><pre>{html.escape(json.dumps(m.get('config'), indent=1, default=str))}</pre></details>",
-             f'<p class="note">{html.escape(str(run_dir))}</p>']
+    body += ["<h2>Config</h2>", f"<details><summary>the resolved config</summary><pre>{esc(json.dumps(m.get('config'), indent=1, default=str))}</pre></details>",
+             f'<p class="note">{esc(run_dir)}</p>']
     path = run_dir / "summary.html"
     atomic_write(path, html_page(f"{m['algorithm']} on {m['data_source']}, seed {m['seed']}", "\n".join(body)))
     return path
 
 def report_html(arena_dir, groups: list[dict], rows: list[dict], figs: dict) -> str:
-    "The arena's report as one self-contained page: the table, failed runs, data, the comparison figures (`figs`: name -> PNG bytes) and every run."
-    body = [table_html(REPORT_HEADER, [report_cells(g) for g in groups])]
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        body += ["<h2>Failed runs</h2>", "<ul>" + "".join(f"<li><code>{r['identity']}</code> {html.escape(r['algorithm'])} on {html.escape(r['benchmark'])}, "
-                                                        f"seed {r['seed']}: {html.escape(r['error'])}</li>" for r in failed) + "</ul>"]
-    if data_note(rows): body.append(f'<p class="note">{html.escape(data_note(rows))}</p>')
+    """The arena's report as one self-contained page: the table, failed and broken runs, data, the comparison figures (`figs`: name -> PNG
+    bytes) and every run. Every value is escaped: a swept value or a folder's name is shown as text, never read as HTML."""
+    body = [table_html(REPORT_HEADER, [report_cells(g) for g in groups]), f'<p class="note">{esc(STD_NOTE)}</p>']
+    for status, title in (("failed", "Failed runs"), ("broken", "Broken runs (their results fail their check: left out of the table)")):
+        bad = [r for r in rows if r["status"] == status]
+        if bad: body += [f"<h2>{esc(title)}</h2>", "<ul>" + "".join(f"<li>{esc(_run_line(r))}</li>" for r in bad) + "</ul>"]
+    if data_note(rows): body.append(f'<p class="note">{esc(data_note(rows))}</p>')
     body += ["<h2>Figures</h2>"] + [img_html(png, name.removesuffix(".png")) for name, png in figs.items()]
-    run_rows = [[f'<a href="runs/{r["identity"]}/summary.html">{r["identity"]}</a>' if r["status"] == "finished" else r["identity"], r["status"],
-                 html.escape(r.get("benchmark", "")), html.escape(r.get("algorithm", "")), r.get("seed", ""), fmt(r.get("final_avg_acc")), fmt(r.get("bwt")),
+    run_rows = [[link_html(f"runs/{r['identity']}/summary.html", r["identity"]) if r["status"] == "finished" else r["identity"], r["status"],
+                 r.get("benchmark", ""), r.get("algorithm", ""), r.get("seed", ""), fmt(r.get("final_avg_acc")), fmt(r.get("bwt")),
                  fmt(r.get("forgetting")), fmt(r.get("total_wall_s"), 1)] for r in rows]
-    body += ["<h2>Runs</h2>", "<table><tr>" + "".join(f"<th>{h}</th>" for h in ("run", "status", "benchmark", "algorithm", "seed", "final avg acc", "BWT",
-                                                                                "forgetting", "wall time (s)")) + "</tr>" +
-             "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in run_rows) + "</table>"]
+    body += ["<h2>Runs</h2>", table_html(("run", "status", "benchmark", "algorithm", "seed", "final avg acc", "BWT", "forgetting", "wall time (s)"), run_rows)]
     return html_page(f"Arena report: {Path(arena_dir).name}", "\n".join(body))
 
 # %% ../nbs/10_arena.ipynb #3165dc03
+def lock_arena(arena_dir):
+    """Take the arena directory's lock: an exclusive `flock` on `arena_dir/arena.lock`, which names its holder; return the open file that holds
+    it (closing it releases it). `ConfigError` naming the holder when another process holds it: two arenas in one directory would run the
+    same jobs into the same folders. The kernel releases the lock of a process however it ends, so one left by a dead process is taken over."""
+    d = Path(arena_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    f = open(d / "arena.lock", "a+")
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0); holder = f.read().strip() or "another process"; f.close()
+        raise ConfigError(f"the arena {d} is in use by {holder}: two arenas in one directory would run the same jobs into the same folders; "
+                          f"wait for it to end, or choose another arena.name") from None
+    except OSError as e:  # a file system without locks: go on, and say so
+        log.warning("arena: %s cannot be locked (%s): make sure no other arena runs there at the same time", d, e)
+    f.seek(0); f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"); f.flush()
+    return f
+
+def unlock_arena(f):
+    "Release the lock `lock_arena` returned (the file stays, empty: removing it could let two processes lock two different files)."
+    f.seek(0); f.truncate(); f.flush(); f.close()
+
 def run_arena(configs: list, arena_dir) -> dict:
-    "Run each config in `configs` as an arena job into `arena_dir` (in this process), then write the report."
-    for cfg in configs:
-        cfg = cfg.copy()
-        OmegaConf.update(cfg, "arena", dict(name=Path(arena_dir).name, dir=str(arena_dir)), force_add=True)
-        arena_job(cfg)
-    return write_report(arena_dir)
+    "Run each config in `configs` as an arena job into `arena_dir` (in this process, holding the arena's lock), then write the report."
+    lock = lock_arena(arena_dir)
+    try:
+        for cfg in configs:
+            cfg = cfg.copy()
+            OmegaConf.update(cfg, "arena", dict(name=Path(arena_dir).name, dir=str(arena_dir)), force_add=True)
+            arena_job(cfg)
+        return write_report(arena_dir)
+    finally: unlock_arena(lock)
+
+class ArenaLock(Callback):
+    """Hydra callback: before a sweep starts, check `arena.name` (one folder name, as `experiment_name`) and take the arena directory's
+    lock (`lock_arena`), or one line and exit status 2 before any job runs; release it when the sweep ends, after the report."""
+    lock = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs):
+        try:
+            check_name("arena.name", config.arena.name)
+            type(self).lock = lock_arena(config.arena.dir)
+        except ConfigError as e:
+            print(f"clarena: configuration error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)  # Hydra turns a callback's exception into a warning: stop here, as run_cli would
+
+    def on_multirun_end(self, config: DictConfig, **kwargs):
+        if type(self).lock is not None: unlock_arena(type(self).lock); type(self).lock = None
 
 class ArenaReport(Callback):
     "Hydra callback: when a multirun ends, write the arena's report (and execute the report notebook if it is at hand)."

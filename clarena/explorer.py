@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 from . import metrics as M
 from .callbacks import live_widgets
 from .checkpoints import load_checkpoint
-from .arena import (benchmark_name, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, data_note, figure_png, img_html,
+from .arena import (benchmark_name, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
                            table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows)
 
 # %% auto #0
@@ -134,9 +134,9 @@ def run_view_html(run_dir, level: int = 3) -> str:
     return "\n".join(out)
 
 def arena_view_html(arena_dir) -> str:
-    "An arena's comparison as static HTML: the table (mean ± std over seeds) and the comparison figures."
+    "An arena's comparison as static HTML: the table (mean ± sample std over seeds, with n; broken runs counted, not averaged) and the comparison figures."
     rows = collect(arena_dir)
-    out = [table_html(REPORT_HEADER, [report_cells(g) for g in summarize_runs(rows)])]
+    out = [table_html(REPORT_HEADER, [report_cells(g) for g in summarize_runs(rows)]), f"<p><em>{html.escape(STD_NOTE)}</em></p>"]
     if data_note(rows): out.append(f"<p><em>{html.escape(data_note(rows))}</em></p>")
     return "\n".join(out + [img_html(figure_png(f), n.removesuffix(".png")) for n, f in plot_arena(rows).items()])
 

@@ -34,7 +34,8 @@ log = logging.getLogger("clarena")
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
            'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
            'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'console_log', 'format_matrix',
-           'format_final', 'RunReport', 'plot_label', 'write_results', 'show_figure', 'show_run', 'load_metrics']
+           'format_final', 'RunReport', 'plot_label', 'results_sha256', 'write_results', 'show_figure', 'show_run',
+           'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -472,8 +473,14 @@ def plot_label(metrics: dict) -> str:
     "Words that go into every figure's title: the algorithm, and the data when it is the bundled sample."
     return f"({metrics['algorithm']}{', bundled MNIST sample' if metrics.get('data_is_sample') else ''})"
 
+def results_sha256(m: dict) -> str:
+    "The sha256 of a run's results as its `metrics.json` holds them (less this hash itself): recorded when the run finishes, checked by the arena when it collects the run."
+    import hashlib
+    m = json.loads(json.dumps({k: v for k, v in m.items() if k != "results_sha256"}, default=str))  # as the file holds them (str keys)
+    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
+
 def write_results(out: dict, run_dir: Path, algo=None):
-    "Write `acc_matrix.csv`, the plots and finally `metrics.json` into `run_dir`."
+    "Write `acc_matrix.csv`, the plots and finally `metrics.json` (with its `results_sha256`) into `run_dir`."
     R = M.rows_to_matrix(out["acc_matrix"])
     atomic_write(run_dir / "acc_matrix.csv", "\n".join(",".join("" if np.isnan(v) else f"{v:.6f}" for v in row) for row in R) + "\n")
     label = plot_label(out)
@@ -482,7 +489,7 @@ def write_results(out: dict, run_dir: Path, algo=None):
     if algo is not None: figs.update(algo.figures(out))
     for name, fig in figs.items():
         buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110); atomic_write(run_dir / name, buf.getvalue())
-    atomic_write(run_dir / "metrics.json", _json(out))
+    atomic_write(run_dir / "metrics.json", _json(dict(out, results_sha256=results_sha256(out))))
     (run_dir / "progress.json").unlink(missing_ok=True)
 
 # %% ../nbs/07_loop.ipynb #634a19cc

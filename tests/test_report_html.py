@@ -71,3 +71,38 @@ def test_run_summary_html_shows_every_figure_the_run_wrote(arena, tmp_path):
         assert sorted(i[0] for i in imgs) == pngs, (pngs, imgs)
         for alt, complete, w, h in imgs: assert complete and w > 100 and h > 50, (alt, w, h)
         if json.loads(m.read_text())["algorithm"] == "HAT": assert "hat_masks_layer0" in pngs  # the algorithm's own figures too
+
+
+PAYLOAD = "<script>document.body.dataset.pwned=1</script>"
+
+
+def test_every_value_is_escaped_and_no_value_runs_in_the_browser(tmp_path):
+    """A sweep value that is HTML (the issue's `<script>`), in a run that fails (its seed) and in a finished one (its names, a config value,
+    its folder's name): shown as text in report.html and summary.html, nothing of it parsed as a tag or run by the browser."""
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+    from clarena.train import compose_config
+    from clarena.arena import run_arena
+    from test_arena_integrity import fake_run
+    d = tmp_path / "arena"
+    folder = "<img src=x onerror=document.body.dataset.pwned=2>"
+    fake_run(d, folder, 0, 0.05, 0.5, algorithm=PAYLOAD, experiment=PAYLOAD, data_source=PAYLOAD, note=PAYLOAD)
+    run_arena([compose_config("smnist_til_finetuning", [f"seed='{PAYLOAD}'", "data.num_tasks=2", f"paths.data_dir={tmp_path / 'none'}"])], d)
+
+    class Tags(HTMLParser):
+        def __init__(self): super().__init__(); self.tags, self.hrefs = [], []
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+            if tag == "a": self.hrefs.append(dict(attrs)["href"])
+    pages = [d / "report.html", d / "runs" / folder / "summary.html"]
+    for page in pages:
+        text = page.read_text()
+        assert "&lt;script&gt;document.body.dataset.pwned=1&lt;/script&gt;" in text, page  # the value is there, as text
+        p = Tags(); p.feed(text)
+        assert [t for t, _ in p.tags if t == "script"] == [] and not any("onerror" in a for _, a in p.tags), (page, p.tags)
+        assert [t for t, a in p.tags if t == "img" and not a.get("src", "").startswith("data:image/png;base64,")] == [], page
+        dom = chromium("--dump-dom", page.as_uri())
+        assert "<body" in dom and not re.search(r"<body[^>]*data-pwned", dom), dom[:500]
+    p = Tags(); p.feed(pages[0].read_text())
+    assert [unquote(h) for h in p.hrefs] == [f"runs/{folder}/summary.html"] and (d / unquote(p.hrefs[0])).exists()  # the link leads to its page
+    assert "seed &lt;script&gt;" in pages[0].read_text()  # the failed run's seed, in the list of failed runs
