@@ -17,7 +17,8 @@ from matplotlib.ticker import MaxNLocator
 # %% auto #0
 __all__ = ['avg_acc', 'avg_loss', 'TITLE_SIZE', 'rows_to_matrix', 'matrix_to_rows', 'average_over_seen', 'bwt', 'fwt',
            'forgetting_per_task', 'forgetting', 'intransigence', 'forgetting_ratio', 'reference_metrics', 'summarize',
-           'InlineFigure', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc', 'outside_canvas']
+           'InlineFigure', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc', 'outside_canvas', 'new_task_acc',
+           'plasticity_loss', 'binned', 'plot_new_task_acc']
 
 # %% ../nbs/04_metrics.ipynb #ae546199
 def rows_to_matrix(rows: list) -> np.ndarray:
@@ -182,3 +183,33 @@ def outside_canvas(fig: Figure, tol: float = 1.0) -> list:
     names = [t.get_text() for t in texts if t.get_visible() and t.get_text().strip() and out(t.get_window_extent(r))]
     if not names and out(fig.get_tightbbox(r).transformed(fig.dpi_scale_trans)): names.append("(ticks)")
     return names
+
+# %% ../nbs/04_metrics.ipynb #39d34a58
+def new_task_acc(R: np.ndarray) -> np.ndarray:
+    "Plasticity $P_i = R_{i,i}$: the accuracy on each task right after it is learned (Dohare et al. 2024)."
+    return np.diag(np.asarray(R, dtype=float)).copy()
+
+def plasticity_loss(R: np.ndarray, window: int = 10) -> float:
+    "$\\Delta P$: the mean new-task accuracy of the first `window` tasks minus that of the last `window` (positive: plasticity lost); NaN if the sequence is shorter than `2 window`."
+    P = new_task_acc(R)
+    if window < 1 or len(P) < 2 * window: return math.nan
+    return float(P[:window].mean() - P[-window:].mean())
+
+def binned(values, bin: int) -> tuple:
+    "Means of `values` over consecutive bins of `bin` (the last bin may be shorter), and each bin's first index."
+    v = np.asarray(values, dtype=float)
+    starts = np.arange(0, len(v), bin)
+    return np.array([v[s:s + bin].mean() for s in starts]), starts
+
+def plot_new_task_acc(curves: dict, bin: int = 1, label: str = "") -> Figure:
+    "The accuracy on each new task right after it is learned, over the sequence; `curves` maps a name to its `new_task_acc`, drawn as means over `bin` tasks."
+    fig = _new_figure(5.6, 3.4)
+    ax = fig.subplots()
+    for name, ys in curves.items():
+        means, starts = binned(ys, bin)
+        ax.plot(starts + (min(bin, len(ys)) - 1) / 2, means, marker="." if len(means) <= 60 else None, label=name)
+    ax.set(xlabel="task" + (f" (means over {bin} tasks)" if bin > 1 else ""), ylabel="accuracy on the new task")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _set_title(ax, "Plasticity: accuracy on each new task", label, width=0.7)
+    ax.grid(alpha=0.3); _legend_beside(ax)
+    return fig
