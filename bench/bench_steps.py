@@ -21,7 +21,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from clarena.loop import build, fit_task, make_trainer, quiet_lightning
+from functools import partial
+
+from clarena.loop import TrainClock, build, fit_on_data, fit_task, make_trainer, quiet_lightning
 from clarena.train import compose_config
 
 ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined for it, else TIL
@@ -32,6 +34,8 @@ ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined
     "MAS": ("smnist_cil_finetuning", ["model/algorithm=mas"]), "LwF": ("smnist_cil_finetuning", ["model/algorithm=lwf"]),
     "Finetuning (TIL)": ("smnist_til_finetuning", []), "HAT (TIL)": ("smnist_til_finetuning", ["model/algorithm=hat"]),
     "PackNet (TIL)": ("smnist_til_finetuning", ["model/algorithm=packnet"]),
+    "GEM": ("smnist_cil_finetuning", ["model/algorithm=gem"]), "ER-ACE": ("smnist_cil_finetuning", ["model/algorithm=er_ace"]),
+    "GDumb": ("smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # its stream steps only store; it trains at task ends (fit_on)
 }
 
 
@@ -53,6 +57,7 @@ def time_steps(experiment, overrides, device, batch, extra, tmp, epochs=4):
     L.seed_everything(0, verbose=False)
     dm, algo = build(cfg)
     dm.setup()
+    algo.fitter = partial(fit_on_data, cfg, Path(tmp), TrainClock(), dm)  # what fit_on trains with (GDumb), as the task loop sets it
     for t in range(2):
         trainer = make_trainer(cfg, Path(tmp), t)
         clock = EpochClock(); trainer.callbacks.append(clock)

@@ -413,6 +413,7 @@ def fit_on_data(cfg: DictConfig, run_dir: Path, clock: TrainClock, dm, algo, x: 
         if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))
         train, trainer.limit_train_batches = ChunkedBatches(train, algo.steps_per_call, limit), 1.0
     device, was_training = algo.device, algo.training
+    algo.train()  # called from on_task_end, in eval mode: Lightning keeps the mode it finds
     trainer.fit(algo, train, dm.val_dataloader())
     algo.to(device); algo.train(was_training)  # Lightning leaves the module on the CPU after a fit
 

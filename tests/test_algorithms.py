@@ -26,6 +26,9 @@ ALGORITHMS = [
     ("der", "pmnist_finetuning", ["model/algorithm=der", "trainer.limit_train_batches=60"]),
     ("derpp", "pmnist_finetuning", ["model/algorithm=derpp", "trainer.limit_train_batches=60"]),
     ("icarl", "smnist_cil_finetuning", ["model/algorithm=icarl"]),  # CIL only
+    ("gem", "pmnist_finetuning", ["model/algorithm=gem", "trainer.limit_train_batches=60"]),
+    ("er_ace", "smnist_cil_finetuning", ["model/algorithm=er_ace"]),  # CIL only
+    ("gdumb", "smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # CIL and DIL; trains at each task's end (fit_on)
     ("joint", "pmnist_finetuning", ["reference=joint"]),
     ("independent", "pmnist_finetuning", ["reference=independent"]),
     ("random", "pmnist_finetuning", ["reference=random"]),
