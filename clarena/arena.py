@@ -248,7 +248,7 @@ def _run_line(r: dict) -> str:
 
 def report_markdown(groups: list[dict], rows: list[dict]) -> str:
     "The arena's table (mean ± sample std over seeds, with n) and the lists of failed and broken runs, as markdown."
-    lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)] + ["| " + " | ".join(report_cells(g)) + " |" for g in groups]
+    lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)] + ["| " + " | ".join(c.replace("|", "\\|") for c in report_cells(g)) + " |" for g in groups]
     lines += ["", STD_NOTE]
     for status, title in (("failed", "Failed runs"), ("broken", "Broken runs (their results fail their check: left out of the table)")):
         bad = [r for r in rows if r["status"] == status]
