@@ -306,8 +306,9 @@ def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | No
     overrides = [a for a in args if a.split("=", 1)[0] not in LEAGUE_OPTIONS]
     def items(k): return None if k not in opts else [x.strip() for x in opts[k].split(",") if x.strip()]
     p = load_preset(preset)
-    try: p = shrink_preset(p, items("seeds"), items("buffer_sizes"), items("only_benchmarks"), items("only_algorithms"))
+    try: seeds, sizes = [None if items(k) is None else [int(x) for x in items(k)] for k in ("seeds", "buffer_sizes")]
     except ValueError: raise ConfigError(f"seeds and buffer_sizes must be comma-separated whole numbers, got {opts.get('seeds')!r}, {opts.get('buffer_sizes')!r}")
+    p = shrink_preset(p, seeds, sizes, items("only_benchmarks"), items("only_algorithms"))
     try:
         opts["n_jobs"] = int(opts.get("n_jobs", 2))
         if opts["n_jobs"] < 1: raise ValueError
