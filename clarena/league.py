@@ -6,6 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/league.html.md"""
 
 # %% ../nbs/10b_league.ipynb #66e7e463
 from __future__ import annotations
+import copy
 import json
 from importlib import resources
 from pathlib import Path
@@ -17,8 +18,10 @@ from matplotlib.figure import Figure
 from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
-__all__ = ['presets', 'load_preset', 'algorithm_class', 'data_at_hand', 'preset_configs', 'run_league', 'train_steps',
-           'league_rows', 'league_table', 'league_markdown', 'plot_league', 'league_main']
+__all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'presets', 'load_preset', 'shrink_preset', 'algorithm_class',
+           'data_at_hand', 'run_hparams', 'preset_configs', 'run_league', 'train_steps', 'league_rows', 'league_table',
+           'league_markdown', 'plot_league', 'order_verdict', 'check_orders', 'orders_markdown', 'protocol_table',
+           'protocol_markdown', 'load_selected', 'league_options', 'dry_run_listing', 'league_main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -30,48 +33,90 @@ def load_preset(name: str) -> dict:
     check_choice("arena preset", name, presets())
     return OmegaConf.to_container(OmegaConf.load(str(resources.files("clarena") / "conf" / "preset" / f"{name}.yaml")))
 
+def shrink_preset(preset: dict, seeds=None, buffer_sizes=None, benchmarks=None, algorithms=None) -> dict:
+    "A copy of `preset` cut down to the given seeds, buffer sizes and benchmark and algorithm labels (None: all of them)."
+    p = copy.deepcopy(preset)
+    if seeds is not None: p["seeds"] = [int(s) for s in seeds]
+    if buffer_sizes is not None:
+        p["buffer_sizes"] = [int(s) for s in buffer_sizes]
+        for b in p["benchmarks"].values(): b.pop("buffer_sizes", None)
+    for key, keep in (("benchmarks", benchmarks), ("algorithms", algorithms)):
+        if keep is None: continue
+        for k in keep: check_choice(f"{key[:-1]} of the preset", k, p[key])
+        p[key] = {k: v for k, v in p[key].items() if k in keep}
+    return p
+
 def algorithm_class(cfg):
     "The class a config trains: the reference's, or the algorithm's `_target_`."
     from hydra.utils import get_class
     from clarena.algorithms.references import REFERENCES
     return REFERENCES[cfg.reference] if cfg.get("reference") else get_class(cfg.model.algorithm._target_)
 
-def data_at_hand(cfg) -> bool:
-    "Whether the benchmark's source data can be loaded here (no download)."
+def data_at_hand(cfg, full: bool = False) -> bool:
+    "Whether the benchmark's source data can be loaded here (no download); with `full`, not the bundled sample of it."
     from clarena.data.base import load_source
     d = cfg.data
     datasets = [p["dataset"] for p in d.parts] if d.get("parts") else [d.dataset]
     try:  # a dataset given as a call (an image folder registered by the config) is checked by the run itself
-        for ds in (x for x in datasets if isinstance(x, str)): load_source(ds, d.root, d.get("source", "auto"), False, d.get("verify_checksums", True))
+        for ds in (x for x in datasets if isinstance(x, str)):
+            if load_source(ds, d.root, d.get("source", "auto"), False, d.get("verify_checksums", True)).is_sample and full: return False
     except DataError: return False
     return True
 
-def preset_configs(preset: dict, overrides: list = ()) -> list[tuple]:
-    "The runs of `preset`: `(benchmark label, algorithm label, config)`, without the combinations that cannot run."
+def _entry(entry) -> dict:
+    "An algorithm's entry as a dict: a plain list is its overrides."
+    return dict(overrides=entry) if isinstance(entry, list) else {"overrides": [], **entry}
+
+def run_hparams(preset: dict, label: str, family: str | None, size: int | None, selected: dict | None = None):
+    """The hyperparameter overrides of algorithm `label` on a benchmark of hyperparameter `family` at buffer `size`, and where
+    they come from (`selected`, a selection file's choices, before the preset's own); None where the preset gives none for it."""
+    key = "all" if size is None else size
+    chosen = (selected or {}).get("selected", {}).get(label, {}).get(family, {})
+    if key in chosen or str(key) in chosen: return chosen.get(key, chosen.get(str(key))), f"selected ({selected['file']})"
+    table = _entry(preset["algorithms"][label]).get("hparams")
+    if table is None: return [], "the preset's settings and the method's config"
+    row = table.get(family, {})
+    if key not in row: return None
+    return row[key], preset.get("hparams_source", "the preset")
+
+def _compose(experiment, overrides):
     from clarena.train import compose_config
+    try: return compose_config(experiment, overrides), None
+    except Exception as e: return None, f"its config does not compose here ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+
+def preset_configs(preset: dict, overrides: list = (), selected: dict | None = None) -> list[tuple]:
+    "The runs of `preset`: `(benchmark label, algorithm label, config)`, without the combinations that cannot run, which are listed."
     out, skipped = [], []
     for bench, b in preset["benchmarks"].items():
-        probe = compose_config(b["experiment"], [*b.get("overrides", []), *overrides])
-        if not data_at_hand(probe): skipped.append(f"{bench}: no data"); continue
-        for algo, extra in preset["algorithms"].items():
-            base = [*b.get("overrides", []), *extra, *preset.get("common", []), *overrides]
-            cfg = compose_config(b["experiment"], base)
+        probe, err = _compose(b["experiment"], [*b.get("overrides", []), *overrides])
+        if err: skipped.append(f"{bench}: {err}"); continue
+        if not data_at_hand(probe, b.get("full_data", False)): skipped.append(f"{bench}: no {'full ' if b.get('full_data') else ''}data"); continue
+        for algo, entry in preset["algorithms"].items():
+            base = [*b.get("overrides", []), *_entry(entry)["overrides"]]
+            cfg, err = _compose(b["experiment"], [*base, *preset.get("common", []), *overrides])
+            if err: skipped.append(f"{algo} on {bench}: {err}"); continue
             if cfg.data.scenario not in algorithm_class(cfg).supports: skipped.append(f"{algo} on {bench}: {cfg.data.scenario}"); continue
-            sizes = preset.get("buffer_sizes", [None]) if "buffer_size" in cfg.model.algorithm and not cfg.get("reference") else [None]
-            for size in sizes:
+            replay = "buffer_size" in cfg.model.algorithm and not cfg.get("reference")
+            for size in (b.get("buffer_sizes", preset.get("buffer_sizes", [None])) if replay else [None]):
                 label = algo if size is None else f"{algo} ({size})"
+                hp = run_hparams(preset, algo, b.get("hparams"), size, selected)
+                if hp is None: skipped.append(f"{label} on {bench}: no hyperparameters for {b.get('hparams')}"); continue
+                cfg, _ = _compose(b["experiment"], [*base, *hp[0], *preset.get("common", []), *overrides])
                 for seed in preset["seeds"]:
-                    extra_run = [f"seed={seed}"] + ([f"model.algorithm.buffer_size={size}"] if size is not None else [])
-                    out.append((bench, label, compose_config(b["experiment"], [*base, *extra_run])))
+                    c = cfg.copy()
+                    c.seed = seed
+                    if size is not None: c.model.algorithm.buffer_size = size
+                    OmegaConf.update(c, "arena", dict(benchmark=bench, label=label, hparams=hp[1]), force_add=True)
+                    out.append((bench, label, c))
     return out, skipped
 
 # %% ../nbs/10b_league.ipynb #c7c469ee
-def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list = ()) -> dict:
+def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list = (), selected: dict | None = None) -> dict:
     "Run every run of `preset` into `arena_dir` (finished ones are skipped), `n_jobs` at a time; write and return the arena's report."
     from joblib import Parallel, delayed
     from clarena.arena import arena_job, write_report
     preset = load_preset(preset) if isinstance(preset, str) else preset
-    runs, skipped = preset_configs(preset, overrides)
+    runs, skipped = preset_configs(preset, overrides, selected)
     arena_dir = Path(arena_dir)
     for line in skipped: print(f"[clarena-league] left out: {line}", flush=True)
     cfgs = []
@@ -90,7 +135,7 @@ def _label(m: dict) -> str:
     return m["algorithm"] if size is None else f"{m['algorithm']} ({size})"
 
 def train_steps(config: dict) -> list[int]:
-    "The training steps each task of a run's config takes: its batches per epoch (capped by an integer `limit_train_batches`) times the epochs."
+    "The training steps each task of a run's config takes: its batches per epoch (capped by an integer `limit_train_batches`) times the epochs, capped by `max_steps`."
     import math
     from clarena.loop import make
     dm = make(OmegaConf.create(config["data"]), "data")
@@ -100,25 +145,29 @@ def train_steps(config: dict) -> list[int]:
         n = math.ceil(len(dm.train_view) / dm.batch_size)
         limit = tr.get("limit_train_batches")
         n = min(n, limit) if isinstance(limit, int) else (n if limit is None else max(1, int(n * limit)))
-        out.append(n * tr.get("max_epochs", 1))
+        n *= tr.get("max_epochs", 1)
+        out.append(min(n, tr["max_steps"]) if (tr.get("max_steps") or -1) > 0 else n)
     return out
 
-def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = ()) -> list[dict]:
-    """The arena's finished runs, labelled as the league labels them, with each run's training wall time per step; with `preset`,
-    only the preset's runs (an arena directory may also hold other sweeps' runs)."""
+def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None) -> list[dict]:
+    """The arena's finished runs, labelled as the league labels them, with each run's training wall time per step and where its
+    hyperparameters came from; with `preset`, only the preset's runs (an arena directory may also hold other sweeps' runs)."""
     from clarena.arena import collect, run_identity
     keep = None
     if preset is not None:
-        keep = {run_identity(c) for _, _, c in preset_configs(load_preset(preset) if isinstance(preset, str) else preset, overrides)[0]}
+        preset = load_preset(preset) if isinstance(preset, str) else preset
+        keep = {run_identity(c): (b, a) for b, a, c in preset_configs(preset, overrides, selected)[0]}
     rows, steps_of = [], {}
     for r in collect(arena_dir):
         if r["status"] != "finished" or (keep is not None and r["identity"] not in keep): continue
         m = json.loads((Path(arena_dir) / "runs" / r["identity"] / "metrics.json").read_text())
-        key = json.dumps([m["config"]["data"], m["config"]["trainer"].get("limit_train_batches"), m["config"]["trainer"].get("max_epochs")], sort_keys=True)
+        key = json.dumps([m["config"]["data"], m["config"]["trainer"].get("limit_train_batches"), m["config"]["trainer"].get("max_epochs"),
+                          m["config"]["trainer"].get("max_steps")], sort_keys=True)
         if key not in steps_of: steps_of[key] = sum(train_steps(m["config"]))  # the same for every run of a benchmark: counted once
         train_s = sum(m["task_train_s"]) if m.get("task_train_s") and len(m["task_train_s"]) == len(m["task_wall_s"]) else sum(m["task_wall_s"])
-        rows.append(dict(r, algorithm=_label(m), benchmark=m["config"].get("arena", {}).get("benchmark") or r["benchmark"],
-                         ms_per_step=1000 * train_s / steps_of[key]))
+        arena = m["config"].get("arena", {})
+        bench, label = keep[r["identity"]] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m))
+        rows.append(dict(r, algorithm=label, benchmark=bench, hparams=arena.get("hparams"), ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
 def league_table(rows: list[dict]) -> list[dict]:
@@ -166,25 +215,132 @@ def plot_league(groups: list[dict], metric: str = "final_avg_acc") -> Figure:
     fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
+# %% ../nbs/10b_league.ipynb #3ee7ae45
+ORDER_TEST = "Welch's two-sided t-test on final average accuracy over seeds"
+
+def order_verdict(better: list, worse: list, alpha: float = 0.05) -> tuple[str, float | None]:
+    """Whether 'better > worse' holds for two samples of final average accuracy: `holds` or `reversed` where Welch's two-sided
+    t-test rejects equal means at level `alpha` (in the published direction or against it), else `within noise`;
+    `not run` without runs of both, `untested (n < 2)` with fewer than two runs of either. With the p-value (None if not tested)."""
+    from scipy.stats import ttest_ind
+    if not better or not worse: return "not run", None
+    if len(better) < 2 or len(worse) < 2: return "untested (n < 2)", None
+    d = np.mean(better) - np.mean(worse)
+    if np.std(better) == 0 and np.std(worse) == 0: p = 0.0 if d != 0 else 1.0  # no spread: the t statistic is undefined
+    else: p = float(ttest_ind(better, worse, equal_var=False).pvalue)
+    if p >= alpha: return "within noise", p
+    return ("holds" if d > 0 else "reversed"), p
+
+VERDICT_RANK = {"reversed": 0, "within noise": 1, "untested (n < 2)": 2, "holds": 3, "not run": 4}
+
+def check_orders(preset: dict, rows: list[dict], alpha: float = 0.05) -> list[dict]:
+    "Every published order of `preset` checked on the finished `rows` (`league_rows`): failing ones first, then by benchmark."
+    acc = {}
+    for r in rows: acc.setdefault((r["benchmark"], r["algorithm"]), []).append(r["final_avg_acc"])
+    out = []
+    for o in preset.get("orders", []):
+        for bench in ([o["benchmark"]] if isinstance(o["benchmark"], str) else o["benchmark"]):
+            if bench not in preset["benchmarks"]: continue
+            a, b = acc.get((bench, o["better"]), []), acc.get((bench, o["worse"]), [])
+            verdict, p = order_verdict(a, b, alpha)
+            out.append(dict(benchmark=bench, better=o["better"], worse=o["worse"], source=o.get("source", ""), note=o.get("note", ""),
+                            verdict=verdict, p=p, n=(len(a), len(b)), diff=float(np.mean(a) - np.mean(b)) if a and b else None))
+    return sorted(out, key=lambda c: (VERDICT_RANK[c["verdict"]], c["benchmark"]))
+
+def orders_markdown(checks: list[dict], alpha: float = 0.05) -> str:
+    "The order checks as a markdown table, with the test named; the reason is given where an order fails and one is known."
+    out = [f"Test: {ORDER_TEST}, level α = {alpha}; *holds* / *reversed*: p < α in / against the published direction, "
+           "*within noise*: p ≥ α.", "", "| benchmark | published order | verdict | difference (ours) | p | n | source | known reason |",
+           "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        diff = "n/a" if c["diff"] is None else f"{c['diff']:+.4f}"
+        p = "n/a" if c["p"] is None else f"{c['p']:.3g}"
+        note = c["note"] if c["verdict"] in ("reversed", "within noise") else ""
+        out.append(f"| {c['benchmark']} | {c['better']} > {c['worse']} | **{c['verdict']}** | {diff} | {p} | {c['n'][0]}, {c['n'][1]} | {c['source']} | {note} |")
+    return "\n".join(out)
+
+def protocol_table(preset: dict, rows: list[dict]) -> list[dict]:
+    "Per benchmark and row: n, mean and sample std (ddof = 1) of final average accuracy, the published number beside, and the hyperparameters' source."
+    pub = preset.get("published", {})
+    scale = pub.get("scale", 1)
+    groups = {}
+    for r in rows: groups.setdefault((r["benchmark"], r["algorithm"]), []).append(r)
+    out = []
+    for (bench, label), rs in sorted(groups.items()):
+        x = np.array([r["final_avg_acc"] for r in rs], dtype=float)
+        b = preset["benchmarks"].get(bench, {})
+        p = pub.get("values", {}).get(b.get("published", bench), {}).get(label)
+        out.append(dict(benchmark=bench, algorithm=label, n=len(x), mean=float(x.mean()), std=float(x.std(ddof=1)) if len(x) > 1 else None,
+                        bwt=float(np.mean([r["bwt"] for r in rs])), published=None if p is None else p / scale,
+                        published_on=b.get("published", bench) if p is not None else None, hparams=sorted({r.get("hparams") or "n/a" for r in rs})))
+    return out
+
+def protocol_markdown(preset: dict, table: list[dict]) -> str:
+    "The protocol's table as markdown, one section per benchmark, best mean first: mean ± sample std (n) beside the published number."
+    pub = preset.get("published", {})
+    out = []
+    for bench in [b for b in preset["benchmarks"] if any(t["benchmark"] == b for t in table)]:
+        ts = sorted((t for t in table if t["benchmark"] == bench), key=lambda t: -t["mean"])
+        on = next((t["published_on"] for t in ts if t["published_on"]), None)
+        out += [f"**{bench}**" + (f" (published: {on}, {pub.get('source', '')})" if on else ""), "",
+                "| algorithm | n | final avg acc, mean ± sample std | BWT (mean) | published | hyperparameters |", "|---|---|---|---|---|---|"]
+        for t in ts:
+            ms = f"{t['mean']:.4f} ± {t['std']:.4f}" if t["std"] is not None else f"{t['mean']:.4f} (one run)"
+            p = "–" if t["published"] is None else f"{t['published']:.4f}"
+            out.append(f"| {t['algorithm']} | {t['n']} | {ms} | {t['bwt']:+.4f} | {p} | {'; '.join(t['hparams'])} |")
+        out.append("")
+    return "\n".join(out)
+
 # %% ../nbs/10b_league.ipynb #b88b36ba
+def load_selected(path) -> dict:
+    "A selection file (`clarena.selection`), with its path under `file`."
+    p = Path(path).expanduser()
+    if not p.is_file(): raise ConfigError(f"selected={str(path)!r} is not a file; give a selection file that clarena.selection wrote")
+    return {**OmegaConf.to_container(OmegaConf.load(p)), "file": str(p)}
+
+LEAGUE_OPTIONS = ("arena.name", "arena.dir", "n_jobs", "dry_run", "seeds", "buffer_sizes", "only_benchmarks", "only_algorithms", "selected")
+
+def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | None]:
+    "The preset (cut down by `seeds=`, `buffer_sizes=`, `only_benchmarks=`, `only_algorithms=`: comma-separated), the options, the overrides and the selection; `ConfigError` on bad input."
+    opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in LEAGUE_OPTIONS)
+    overrides = [a for a in args if a.split("=", 1)[0] not in LEAGUE_OPTIONS]
+    def items(k): return None if k not in opts else [x.strip() for x in opts[k].split(",") if x.strip()]
+    p = load_preset(preset)
+    try: seeds, sizes = [None if items(k) is None else [int(x) for x in items(k)] for k in ("seeds", "buffer_sizes")]
+    except ValueError: raise ConfigError(f"seeds and buffer_sizes must be comma-separated whole numbers, got {opts.get('seeds')!r}, {opts.get('buffer_sizes')!r}")
+    p = shrink_preset(p, seeds, sizes, items("only_benchmarks"), items("only_algorithms"))
+    try:
+        opts["n_jobs"] = int(opts.get("n_jobs", 2))
+        if opts["n_jobs"] < 1: raise ValueError
+    except ValueError: raise ConfigError(f"n_jobs must be a whole number >= 1, got {opts['n_jobs']!r}")
+    check_choice("dry_run", opts.setdefault("dry_run", "false"), ("true", "false"))
+    return p, opts, overrides, load_selected(opts["selected"]) if opts.get("selected") else None
+
+def dry_run_listing(preset: dict, overrides: list = (), selected: dict | None = None) -> str:
+    "What the preset would run: per benchmark and row, the seeds and where the hyperparameters come from; then what is left out and why."
+    runs, skipped = preset_configs(preset, overrides, selected)
+    groups = {}
+    for b, a, c in runs: groups.setdefault((b, a, c.arena.hparams), []).append(c.seed)
+    out = [f"{len(runs)} runs"] + [f"  {b} | {a} | seeds {s} | hyperparameters: {h}" for (b, a, h), s in groups.items()]
+    return "\n".join(out + [f"left out: {x}" for x in skipped])
+
 def league_main(preset: str, args: list) -> int:
-    "`clarena-arena preset=<preset> [args]`: run the preset's league; the exit status."
+    "`clarena-arena preset=<preset> [args]`: run the preset's league (or, with `dry_run=true`, list its runs); the exit status."
     import sys
     from clarena.checkpoints import atomic_write
-    keys = ("arena.name", "arena.dir", "n_jobs")
-    opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in keys)
-    overrides = [a for a in args if a.split("=", 1)[0] not in keys]
-    try:
-        load_preset(preset)
-        n_jobs = int(opts.get("n_jobs", 2))
-        if n_jobs < 1: raise ValueError
+    try: p, opts, overrides, selected = league_options(preset, args)
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
-    except ValueError:
-        print(f"clarena: configuration error: n_jobs must be a whole number >= 1, got {opts['n_jobs']!r}", file=sys.stderr); return 2
+    if opts["dry_run"] == "true":
+        print(dry_run_listing(p, overrides, selected), flush=True); return 0
     arena_dir = Path(opts.get("arena.dir") or Path("logs") / "arena" / opts.get("arena.name", preset))
-    report = run_league(preset, arena_dir, n_jobs=n_jobs, overrides=overrides)
-    atomic_write(arena_dir / "league.md", f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(league_rows(arena_dir, preset, overrides))))
+    report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
+    rows = league_rows(arena_dir, p, overrides, selected)
+    md = f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(rows))
+    if p.get("orders") or p.get("published"):
+        md += chr(10) + "## The protocol's table" + chr(10) * 2 + protocol_markdown(p, protocol_table(p, rows))
+        md += chr(10) + "## Published orders" + chr(10) * 2 + orders_markdown(check_orders(p, rows)) + chr(10)
+    atomic_write(arena_dir / "league.md", md)
     print(f"[clarena-arena] league table: {arena_dir / 'league.md'}", flush=True)
     if report["failed"]:
         print(f"clarena: {report['failed']} of {len(report['rows'])} league runs failed (listed in {arena_dir / 'report.md'})", file=sys.stderr)
