@@ -15,10 +15,11 @@ from .rundirs import (atomic_write, RESULT_FILES, RESULT_SUFFIXES, check_name, r
                              claim_run_dir, hydra_run_dir, hydra_sweep_dir)
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT', 'PREEMPT_SIGNALS', 'save_checkpoint',
-           'load_checkpoint', 'check_same_data', 'restore', 'torch_rng_state', 'set_torch_rng_state', 'rng_state',
-           'set_rng_state', 'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state',
-           'load_callback_state', 'StepCheckpoint']
+__all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RUN_FREE_KEYS', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT', 'PREEMPT_SIGNALS',
+           'write_checkpoint', 'save_checkpoint', 'load_checkpoint', 'check_same_data', 'config_items',
+           'config_identity', 'config_diff', 'task_fingerprint', 'run_binding', 'check_binding', 'restore',
+           'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state', 'ResumableBatches', 'Preempted',
+           'PreemptionSignals', 'callback_state', 'load_callback_state', 'StepCheckpoint']
 
 # %% ../nbs/07a_checkpoints.ipynb #9d24bf72
 CHECKPOINT_KEYS = ("state_dict", "cl", "config", "progress")
@@ -27,12 +28,16 @@ CHECKPOINT_FORMAT = "clarena-checkpoint-2"  # the payload's bytes with their sha
 def _torch_bytes(obj) -> bytes:
     buf = io.BytesIO(); torch.save(obj, buf); return buf.getvalue()
 
+def write_checkpoint(path: Path, contents: dict):
+    "Write checkpoint `contents` (what `load_checkpoint` returns) with the sha256 of their bytes, in one atomic write."
+    payload = _torch_bytes({k: v for k, v in contents.items() if k != "sha256"})
+    atomic_write(path, _torch_bytes(dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
+                                         payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))))
+
 def save_checkpoint(path: Path, algo, config: dict, progress: dict, data: dict | None = None, step: dict | None = None):
     "Save the algorithm after a task (or, with `step`, within one), with its config, the run's progress and its data record, and their sha256, in one atomic write."
     extra = {} if step is None else dict(step=step)
-    payload = _torch_bytes(dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress, data=data, **extra))
-    atomic_write(path, _torch_bytes(dict(format=CHECKPOINT_FORMAT, sha256=hashlib.sha256(payload).hexdigest(),
-                                         payload=torch.frombuffer(bytearray(payload), dtype=torch.uint8))))
+    write_checkpoint(path, dict(state_dict=algo.state_dict(), cl=algo.cl_state(), config=config, progress=progress, data=data, **extra))
 
 def _safe_load(path, source):
     "`torch.load(weights_only=True)` of `source`, every failure a `ConfigError` naming `path`."
@@ -62,8 +67,9 @@ def load_checkpoint(path) -> dict:
                               f"{recorded[:16]}...; do not use it (resume from an earlier task's checkpoint, or train again)")
         ckpt = _safe_load(path, io.BytesIO(payload))
         if isinstance(ckpt, dict): ckpt["sha256"] = got
-    elif isinstance(ckpt, dict):
-        ckpt.setdefault("sha256", None)  # written before checkpoints carried their hash
+    elif isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS):  # a bare payload: nothing shows it was not edited
+        raise ConfigError(f"checkpoint {path} has no sha256 (written before checkpoints carried one, or by hand), so nothing shows it is "
+                          f"unchanged; it is refused: train again")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise ConfigError(f"{path} is not a clarena checkpoint (expected the keys {', '.join(CHECKPOINT_KEYS)})")
     return ckpt
@@ -76,6 +82,73 @@ def check_same_data(recorded: dict | None, current: dict, what: str):
         raise ConfigError(f"{what}: the run was trained on {recorded['source']} (data fingerprint {recorded['fingerprint'][:12]}), but this "
                           f"loads {current['source']} (fingerprint {current['fingerprint'][:12]}), other data; point data_root (or "
                           f"paths.data_dir) at the run's data")
+
+# %% ../nbs/07a_checkpoints.ipynb #2cd6e1ff
+import json
+
+RUN_FREE_KEYS = ("resume", "overwrite", "paths.output_dir", "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar",
+                 "trainer.enable_model_summary")  # what a resume may change (clarena.train.RESUME_OVERRIDES) or sets
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {kk: vv for k, v in d.items() for kk, vv in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) and v else [(f"{prefix}{k}", v)])}
+
+def config_items(config: dict) -> dict:
+    "The resolved config as flat `key: value`, without `RUN_FREE_KEYS`."
+    return {k: v for k, v in _flat(config).items() if k not in RUN_FREE_KEYS}
+
+def config_identity(config: dict) -> str:
+    "The sha256 of `config_items(config)`."
+    return hashlib.sha256(json.dumps(config_items(config), sort_keys=True, default=str).encode()).hexdigest()
+
+def config_diff(recorded: dict, now: dict, limit: int = 3) -> str:
+    "The keys in which two configs differ, with both values (the first `limit`)."
+    a, b = config_items(recorded), config_items(now)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    out = ", ".join(f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now" for k in keys[:limit])
+    return out + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+def task_fingerprint(dm, probe: int = 4) -> str:
+    "A hash of the tasks `dm` makes (its classes, validation rows, test labels and rows, first test images), from integers only."
+    dm.setup()
+    h = hashlib.blake2b(digest_size=16)
+    def add(t): h.update(str((tuple(t.shape), str(t.dtype))).encode()); h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for t in range(dm.num_tasks):
+        h.update(repr(dm.task_classes(t)).encode())
+        for split in ("test", "val"):
+            v = dm._view(t, split)
+            add(v.y)
+            if v.source_rows is not None: add(v.source_rows)
+            if split == "test" and len(v): add(v.gather(torch.arange(min(probe, len(v)), device=v.y.device))[0])
+    return h.hexdigest()
+
+def run_binding(config: dict, dm, config_yaml=None) -> dict:
+    "What binds a checkpoint to its run: `config` (resolved, a dict), the data and tasks of `dm`, and the file `config_yaml` (None: no file)."
+    y = Path(config_yaml) if config_yaml is not None else None
+    return dict(config=config_identity(config), seed=config.get("seed"), data=dm.data_record()["fingerprint"], tasks=task_fingerprint(dm),
+                config_yaml=hashlib.sha256(y.read_bytes()).hexdigest() if y is not None and y.is_file() else None)
+
+def check_binding(ckpt: dict, data: dict, config: dict, path, what: str):
+    "Raise `ConfigError` unless checkpoint `ckpt` (at `path`) belongs to the run of `config` whose data record is `data` (its `binding` included)."
+    b, now, name = (ckpt.get("data") or {}).get("binding"), data["binding"], Path(path).name
+    if not isinstance(b, dict):
+        raise ConfigError(f"{what}: checkpoint {path} does not record the run it belongs to (written by an older clarena), so it cannot be "
+                          f"checked to be this run's; train again")
+    if b.get("seed") != now["seed"]:
+        raise ConfigError(f"{what}: checkpoint {path} is from a run with seed {b.get('seed')}, this run has seed {now['seed']}: it belongs to another run")
+    check_same_data(ckpt["data"], data, what)
+    edited = now["config_yaml"] is not None and b.get("config_yaml") != now["config_yaml"]
+    if b.get("config") != now["config"] or config_identity(ckpt["config"]) != b.get("config"):
+        diff = config_diff(ckpt["config"], config) or "its record of its config does not match the config it holds"
+        if edited:
+            raise ConfigError(f"{what}: the run's config.yaml is not the one its checkpoint {name} recorded (sha256), and differs from it in "
+                              f"{diff}: config.yaml was edited, or {name} comes from another run; put config.yaml back, or start a new run")
+        raise ConfigError(f"{what}: checkpoint {path} is from a run with another config ({diff})")
+    if b.get("tasks") != now["tasks"]:
+        raise ConfigError(f"{what}: checkpoint {path} was trained on other tasks than this run's (the permutations or class splits "
+                          f"that the seed and the data config make differ): it belongs to another run")
+    if edited:
+        raise ConfigError(f"{what}: the run's config.yaml was edited after the run started (its sha256 is not the one {name} recorded); "
+                          f"put it back, or start a new run")
 
 # %% ../nbs/07a_checkpoints.ipynb #5495c517
 def restore(algo, dm, ckpt: dict):

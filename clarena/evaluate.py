@@ -21,30 +21,35 @@ from .train import discard_unused_run_dir, run_cli
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'recorded_data', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'check_request', 'eval_main',
+__all__ = ['log', 'run_config', 'load_run', 'evaluate_checkpoint', 'predict', 'plot_predictions', 'check_request', 'eval_main',
            'predict_main']
 
 # %% ../nbs/09_eval.ipynb #58519b1f
-def recorded_data(ckpt_path, ckpt: dict) -> dict | None:
-    "The data record of the run a checkpoint belongs to: the checkpoint's own, else its run's `metrics.json`'s."
-    if ckpt.get("data"): return ckpt["data"]
-    metrics = Path(ckpt_path).resolve().parent.parent / "metrics.json"
-    if metrics.exists():
-        m = json.loads(metrics.read_text())
-        if m.get("data_fingerprint"): return dict(source=m.get("data_source"), fingerprint=m["data_fingerprint"])
-    return None
+def run_config(ckpt_path, ckpt: dict) -> tuple[dict, Path | None]:
+    "The config of the run a checkpoint sits in (`<run>/checkpoints/<file>`: its `config.yaml`, and that file); else the checkpoint's own, and None."
+    p = Path(ckpt_path).resolve()
+    y = p.parent.parent / "config.yaml"
+    if p.parent.name != "checkpoints" or not y.is_file(): return ckpt["config"], None
+    try: return OmegaConf.to_container(OmegaConf.load(y), resolve=False), y
+    except Exception as e: raise ConfigError(f"{y} (the config of the run checkpoint {ckpt_path} sits in) cannot be read: {str(e).splitlines()[0]}") from None
 
-def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = None):
-    "The datamodule, the restored algorithm, a test `Trainer` and the checkpoint, ready to evaluate."
+def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = None, task_checkpoint: bool = False):
+    "The datamodule, the restored algorithm, a test `Trainer` and the checkpoint (checked to be its run's; `task_checkpoint`: not a step checkpoint), ready to evaluate."
     import lightning as L  # torch and Lightning here, not at import: `clarena-eval --help` and bad input are answered without them
-    from clarena.checkpoints import check_same_data, load_checkpoint, restore
+    from clarena.checkpoints import check_binding, load_checkpoint, restore, run_binding
     from clarena.loop import build, quiet_lightning
     ckpt = load_checkpoint(ckpt_path)
+    if task_checkpoint and "step" in ckpt:
+        s = ckpt["step"]
+        raise ConfigError(f"{ckpt_path} is a step checkpoint (task {s.get('task_id')} stopped at global step {s.get('global_step')}), which has "
+                          f"no recorded accuracy row to recompute: evaluate a task checkpoint (checkpoints/task_<k>.ckpt), or go on with the "
+                          f"run (clarena-train resume=<run dir>)")
     cfg = OmegaConf.create(ckpt["config"])
     if data_root is not None: cfg.data.root = data_root
     L.seed_everything(cfg.seed, verbose=False)
-    dm, algo = build(cfg)
-    check_same_data(recorded_data(ckpt_path, ckpt), dm.data_record(), f"checkpoint {ckpt_path}")
+    dm, algo = build(cfg)  # the checkpoint's plugins imported, and each of its _target_s registered, before anything is built
+    config, yaml = run_config(ckpt_path, ckpt)
+    check_binding(ckpt, dict(dm.data_record(), binding=run_binding(config, dm, yaml)), config, ckpt_path, "clarena-eval")
     quiet_lightning()
     kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False) | dict(trainer or {})
     tr = L.Trainer(**kw, logger=False, enable_checkpointing=False, default_root_dir=tempfile.gettempdir())
@@ -55,16 +60,17 @@ def load_run(ckpt_path, trainer: dict | None = None, data_root: str | None = Non
     return dm, algo, tr, ckpt
 
 # %% ../nbs/09_eval.ipynb #2a07dd00
-def evaluate_checkpoint(ckpt_path, trainer: dict | None = None, data_root: str | None = None) -> dict:
-    "Recompute the accuracy-matrix row of the checkpoint's task, and compare with the recorded one."
+def evaluate_checkpoint(ckpt_path, trainer: dict | None = None, data_root: str | None = None, tolerance: float = 1e-6) -> dict:
+    "Recompute the accuracy-matrix row of the checkpoint's task, and compare with the recorded one (`matches`: within `tolerance`)."
     from clarena.loop import test_tasks
-    dm, algo, tr, ckpt = load_run(ckpt_path, trainer, data_root)
+    dm, algo, tr, ckpt = load_run(ckpt_path, trainer, data_root, task_checkpoint=True)
     k = ckpt["cl"]["task_id"]
     res = test_tasks(tr, algo, dm, list(range(k + 1)))
     acc, loss = [res[j][0] for j in range(k + 1)], [res[j][1] for j in range(k + 1)]
     recorded = ckpt["progress"]["acc_matrix"][k]
+    diff = float(np.max(np.abs(np.subtract(acc, recorded))))
     return dict(ckpt_path=str(ckpt_path), task_id=k, algorithm=ckpt["cl"]["algorithm"], acc=acc, loss=loss,
-                avg_acc=float(np.mean(acc)), recorded_acc=recorded, max_abs_diff=float(np.max(np.abs(np.subtract(acc, recorded)))),
+                avg_acc=float(np.mean(acc)), recorded_acc=recorded, max_abs_diff=diff, tolerance=tolerance, matches=bool(diff <= tolerance),
                 data_source=dm.data_source)
 
 # %% ../nbs/09_eval.ipynb #d30fe0bf
@@ -118,6 +124,9 @@ def _fail(e: ConfigError, cfg: DictConfig):
 def check_request(cfg: DictConfig) -> DictConfig:
     "Raise `ConfigError` for a bad `clarena-eval` or `clarena-predict` config (no checkpoint, `num_samples=0`); run by `InputCheck` before the run directory is made."
     if "task_id" in cfg: _check_request(cfg.task_id, cfg.num_samples)
+    tol = cfg.get("tolerance", 0.0)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+        raise ConfigError(f"tolerance must be a number in [0, 1) (the largest accuracy difference that is not a failure), got {tol!r}")
     _ckpt_path(cfg, "clarena-predict" if "task_id" in cfg else "clarena-eval")
     return cfg
 
@@ -129,7 +138,8 @@ def _ckpt_path(cfg: DictConfig, app: str) -> str:
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")
 def _eval(cfg: DictConfig):
-    try: e = evaluate_checkpoint(_ckpt_path(cfg, "clarena-eval"), OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"))
+    try: e = evaluate_checkpoint(_ckpt_path(cfg, "clarena-eval"), OmegaConf.to_container(cfg.trainer, resolve=True), cfg.get("data_root"),
+                                 cfg.tolerance)
     except ConfigError as err: _fail(err, cfg)
     from clarena.checkpoints import atomic_write
     from clarena.loop import run_dir_for
@@ -137,6 +147,11 @@ def _eval(cfg: DictConfig):
     atomic_write(out / "eval.json", json.dumps(e, indent=1))
     print(f"task {e['task_id']}: accuracy on tasks 0..{e['task_id']} = {[round(a, 4) for a in e['acc']]} "
           f"(recorded {[round(a, 4) for a in e['recorded_acc']]}, max difference {e['max_abs_diff']:.2g}); written to {out / 'eval.json'}")
+    if not e["matches"]:  # the checkpoint does not give the numbers its run recorded: a failure, not a number with exit status 0
+        print(f"clarena: eval failed: the recomputed row differs from the recorded one by {e['max_abs_diff']:.3g} (more than tolerance="
+              f"{e['tolerance']:g}): recomputed {[round(a, 6) for a in e['acc']]}, recorded {[round(a, 6) for a in e['recorded_acc']]}",
+              file=sys.stderr)
+        sys.exit(1)
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 def _predict(cfg: DictConfig):

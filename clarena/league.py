@@ -49,8 +49,9 @@ def shrink_preset(preset: dict, seeds=None, buffer_sizes=None, benchmarks=None, 
 def algorithm_class(cfg):
     "The class a config trains: the reference's, or the algorithm's `_target_`."
     from hydra.utils import get_class
+    from clarena.core import check_target
     from clarena.algorithms.references import REFERENCES
-    return REFERENCES[cfg.reference] if cfg.get("reference") else get_class(cfg.model.algorithm._target_)
+    return REFERENCES[cfg.reference] if cfg.get("reference") else get_class(check_target(cfg.model.algorithm._target_, "model.algorithm"))
 
 def data_at_hand(cfg, full: bool = False) -> bool:
     "Whether the benchmark's source data can be loaded here (no download); with `full`, not the bundled sample of it."

@@ -50,9 +50,12 @@ def code_commit() -> str:
     return f"clarena-{clarena.__version__}"
 
 # %% ../nbs/07_loop.ipynb #2fafb29f
+from .core import check_config, check_targets
+
 def make(node, what: str, **kwargs):
-    "Hydra's `instantiate`, with a `ConfigError` raised inside a constructor passed on as itself."
+    "Hydra's `instantiate` of a registered `_target_` (else a `ConfigError`, before anything is imported), with a `ConfigError` raised inside a constructor passed on as itself."
     from hydra.errors import InstantiationException
+    check_targets(node, what)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
@@ -61,6 +64,7 @@ def make(node, what: str, **kwargs):
 
 def build(cfg: DictConfig):
     "Instantiate and cross-check the datamodule and algorithm of `cfg`; raises `ConfigError` on bad input."
+    check_config(cfg)  # its plugins imported, and every _target_ in it registered, before anything is built
     check_positive_int("trainer.max_epochs", cfg.trainer.max_epochs)
     dm = make(cfg.data, "data")
     backbone = make(cfg.model.backbone, "model.backbone")
@@ -117,6 +121,7 @@ NAME_ARGS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # loggers whose
 
 def make_logger(node, run_dir: Path, version: str):
     "The Lightning logger of config `node` for this run: in `run_dir`, as version (or run) `version`."
+    check_targets(node, "logger")
     cls = get_class(node._target_)
     params = inspect.signature(cls.__init__).parameters
     kw = {k: v.replace("{run_dir}", str(run_dir)) for k, v in node.items() if isinstance(v, str) and "{run_dir}" in v}
@@ -148,6 +153,7 @@ def test_tasks(trainer: L.Trainer, algo, dm, task_ids: list[int], split: str = "
     return dict(algo.test_results)
 
 # %% ../nbs/07_loop.ipynb #8401523b
+from .checkpoints import check_binding, run_binding
 def _json(obj) -> str: return json.dumps(obj, indent=1, default=str)
 
 def task_data(algo, dm, task_id: int | None = None, device=None) -> TaskData:
@@ -219,8 +225,9 @@ def fit_task(trainer: L.Trainer, algo, dm, resume_step: dict | None = None):
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
-def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict, dict | None]:
-    "Restore the last task checkpoint of the run being resumed; return the next task, the progress so far and the step checkpoint within that task, if any."
+def _resume_point(dm, algo, untrained, run_dir: Path, data: dict, config: dict) -> tuple[int, dict, dict | None]:
+    """Restore the last task checkpoint of the run being resumed (checked to be this run's: `data`, `config`); return the next task, the
+    progress so far and the step checkpoint within that task, if any."""
     ckpts = sorted((run_dir / "checkpoints").glob("task_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
     step_path = run_dir / "checkpoints" / STEP_CHECKPOINT
     if not ckpts and not step_path.is_file():
@@ -231,8 +238,8 @@ def _resume_point(dm, algo, untrained, run_dir: Path) -> tuple[int, dict, dict |
     if step is not None and "step" not in step: raise ConfigError(f"{step_path} is a task checkpoint, not a step checkpoint")
     if step is not None and ckpt is not None and step["step"]["task_id"] <= ckpt["cl"]["task_id"]: step = None  # superseded by a task's
     done = 0
-    for c in (ckpt, step):
-        if c is not None: check_same_data(c.get("data"), dm.data_record(), f"cannot resume {run_dir}")
+    for c, path in ((ckpt, ckpts[-1] if ckpts else None), (step, step_path)):
+        if c is not None: check_binding(c, data, config, path, f"cannot resume {run_dir}")
     if ckpt is not None:
         restore(algo, dm, ckpt)
         done = ckpt["cl"]["task_id"] + 1
@@ -316,8 +323,9 @@ def _run_experiment(cfg: DictConfig) -> dict:
     if cfg.get("compile"): algo.backbone.compile()
     progress = dict(acc_matrix=[], loss_matrix=[], pre_acc=[], untrained_acc=[], task_wall_s=[], task_train_s=[], algorithm_report=[], total_wall_s=0.0)
     first, step_resume = 0, None
-    if resume: first, progress, step_resume = _resume_point(dm, algo, untrained, run_dir)
-    else: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if not resume: atomic_write(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    data = dict(data, binding=run_binding(config, dm, run_dir / "config.yaml"))  # every checkpoint: the run it belongs to
+    if resume: first, progress, step_resume = _resume_point(dm, algo, untrained, run_dir, data, config)
     # the wall time of the parts before a resume (up to their last checkpoint); checkpoints from before it was recorded: the tasks' own
     before = progress.get("total_wall_s", sum(progress["task_wall_s"])) if resume else 0.0
     references = load_reference_runs(cfg, dm)  # before training: a wrong reference is bad input

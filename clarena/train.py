@@ -87,6 +87,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
 def check_run_config(cfg: DictConfig) -> DictConfig:
     "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
     from clarena.rundirs import check_name
+    from clarena.core import check_targets, load_plugins
     from hydra.utils import instantiate
     check_values(cfg)
     check_name("experiment_name", cfg.get("experiment_name"))
@@ -99,6 +100,7 @@ def check_run_config(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"trainer.accelerator={acc!r} (trainer=gpu) but this machine has no {'CUDA GPU' if acc != 'mps' else 'MPS device'}; "
                           f"use the default trainer (trainer.accelerator=cpu)")
     if opt is not None:
+        load_plugins(cfg.get("plugins")); check_targets(opt, "model.optimizer")  # a registered class, before it is imported or called
         try: instantiate(opt)([torch.nn.Parameter(torch.zeros(1))])
         except Exception as e:
             raise ConfigError(f"model.optimizer {OmegaConf.to_container(opt)} cannot be built: {str(e).splitlines()[0]}") from None
