@@ -19,10 +19,11 @@ from hydra.utils import instantiate, get_class
 from omegaconf import DictConfig, OmegaConf
 
 import clarena
-from .core import ConfigError, check_choice, check_positive_int
+from .core import ConfigError, TrainingError, check_choice, check_positive_int
 from . import metrics as M
 from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, \
     STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable
+from .rundirs import unstarted
 from .data.base import ChunkedBatches, TensorBatches
 from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
@@ -33,9 +34,9 @@ log = logging.getLogger("clarena")
 # %% auto #0
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
            'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
-           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'console_log', 'format_matrix',
-           'format_final', 'RunReport', 'plot_label', 'results_sha256', 'write_results', 'show_figure', 'show_run',
-           'load_metrics']
+           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'check_finite_model',
+           'console_log', 'format_matrix', 'format_final', 'RunReport', 'plot_label', 'results_sha256', 'write_results',
+           'show_figure', 'show_run', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -103,7 +104,10 @@ def run_dir_for(cfg: DictConfig) -> Path:
     elif HydraConfig.initialized(): d = Path(HydraConfig.get().runtime.output_dir)
     else: d = new_run_dir(cfg.paths.log_dir, cfg.experiment_name)
     if cfg.get("overwrite") is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: process 0 claims it for all
-        claim_run_dir(d, bool(cfg.overwrite))  # never into another run's results (unless overwrite=true deletes them)
+        if not cfg.overwrite and unstarted(d) and (d / "config.yaml").read_text() == OmegaConf.to_yaml(cfg, resolve=True):
+            log.info("%s holds this run, stopped before its first checkpoint: starting it over", d)  # Ctrl-C in task 0, a requeued job
+            claim_run_dir(d, True)
+        else: claim_run_dir(d, bool(cfg.overwrite))  # never into another run's results (unless overwrite=true deletes them)
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".write_probe"; probe.write_bytes(b""); probe.unlink()
@@ -362,6 +366,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
             progress.setdefault("task_train_s", []).append(clock.seconds)  # checkpoints from before it was recorded: the later tasks only
             if cfg.get("test_only_new_task"): dm.test_views = {t: dm.test_views[t]}  # a long sequence: the diagonal only, and one test set held
             res = test_tasks(trainer, algo, dm, [t] if cfg.get("test_only_new_task") else list(range(t + 1)))
+            check_finite_model(algo, res, t)  # a last step may have blown the model up after the per-step checks
             progress["acc_matrix"].append([res[j][0] if j in res else math.nan for j in range(t + 1)])
             progress["loss_matrix"].append([res[j][1] if j in res else math.nan for j in range(t + 1)])
             progress["algorithm_report"].append(algo.task_report(t))
@@ -424,6 +429,19 @@ def fit_on_data(cfg: DictConfig, run_dir: Path, clock: TrainClock, dm, algo, x: 
     algo.train()  # called from on_task_end, in eval mode: Lightning keeps the mode it finds
     trainer.fit(algo, train, dm.val_dataloader())
     algo.to(device); algo.train(was_training)  # Lightning leaves the module on the CPU after a fit
+
+# %% ../nbs/07_loop.ipynb #f1n17e02
+def check_finite_model(algo, results: dict, task_id: int):
+    "Raise `TrainingError` if a test loss in `results` (`{task: (acc, loss)}`) or a floating weight or buffer of `algo` is not finite."
+    losses = [j for j, (_, loss) in results.items() if not math.isfinite(loss)]
+    tensors = [(n, t) for n, t in (*algo.named_parameters(), *algo.named_buffers()) if t.is_floating_point()]
+    bad = []
+    if tensors and not bool(torch.stack([t.detach().isfinite().all() for _, t in tensors]).all()):
+        bad = [n for n, t in tensors if not bool(t.detach().isfinite().all())]
+    if losses or bad:
+        what = ([f"test loss on task(s) {losses}"] if losses else []) + ([f"weights {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"] if bad else [])
+        raise TrainingError(f"task {task_id} ended with a model that is not finite ({'; '.join(what)}): its accuracies would be those of a "
+                            f"broken model; lower the learning rate, or try +trainer.detect_anomaly=true to find the operation")
 
 # %% ../nbs/07_loop.ipynb #7c1e0b02
 @contextmanager

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from .core import ConfigError
 
 # %% auto #0
-__all__ = ['RESULT_FILES', 'RESULT_SUFFIXES', 'atomic_write', 'check_name', 'run_stamp', 'new_run_dir', 'results_in', 'resumable',
-           'claim_run_dir', 'hydra_run_dir', 'hydra_sweep_dir']
+__all__ = ['RESULT_FILES', 'RESULT_SUFFIXES', 'CONFIG_KEYS', 'atomic_write', 'check_name', 'run_stamp', 'new_run_dir',
+           'results_in', 'resumable', 'is_clarena_run', 'unstarted', 'claim_run_dir', 'note_existing', 'remove_created',
+           'hydra_run_dir', 'hydra_sweep_dir']
 
 # %% ../nbs/07b_rundirs.ipynb #0400843d
 def atomic_write(path: Path, data: bytes | str):
@@ -59,25 +60,70 @@ def resumable(run_dir) -> bool:
     d = Path(run_dir)
     return (d / "config.yaml").is_file() and not (d / "metrics.json").exists() and any((d / "checkpoints").glob("*.ckpt"))
 
+CONFIG_KEYS = ("experiment_name", "seed", "data", "model", "trainer")  # the top-level keys of every run's config.yaml
+
+def is_clarena_run(run_dir) -> bool:
+    "True if `run_dir` is (or was) a clarena run's directory: its `config.yaml` is a run's config, or it is a failed sweep job's folder."
+    d = Path(run_dir)
+    try:
+        if (d / "config.yaml").is_file():
+            cfg = OmegaConf.load(d / "config.yaml")
+            return OmegaConf.is_dict(cfg) and all(k in cfg for k in CONFIG_KEYS)
+        return (d / "failed.json").is_file() and (d / ".hydra").is_dir()
+    except Exception: return False  # not YAML, unreadable: not ours
+
+def unstarted(run_dir) -> bool:
+    """True if `run_dir` holds a clarena run stopped before its first checkpoint (Ctrl-C in task 0, a job killed and requeued):
+    nothing in it to keep or resume, so the same run may start over there."""
+    d = Path(run_dir)
+    return is_clarena_run(d) and not (d / "metrics.json").exists() and not (d / "progress.json").exists() \
+        and not any((d / "checkpoints").glob("*.ckpt"))
+
 def claim_run_dir(run_dir, overwrite: bool = False) -> Path:
-    "Refuse `run_dir` if it holds another run's results; with `overwrite`, delete those results first."
+    """Refuse `run_dir` if it holds another run's results; with `overwrite`, delete those results first, and only if `run_dir` is a
+    clarena run (a folder of the user's own with a `config.yaml`, a `csv/` or figures in it is never emptied)."""
     d, found = Path(run_dir), results_in(run_dir)
     if found and not overwrite:
         raise ConfigError(f"the output directory {d} holds another run's results ({', '.join(found)}); choose another "
                           f"paths.output_dir, or add overwrite=true to delete those results first")
+    if found and not is_clarena_run(d):
+        raise ConfigError(f"the output directory {d} is not a clarena run (its files {', '.join(found)} are not a run's results); "
+                          f"overwrite=true deletes only a clarena run's results: choose another paths.output_dir")
     for name in found:
         p = d / name
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     return d
 
+# %% ../nbs/07b_rundirs.ipynb #r3mc0002
+_found_before: dict = {}  # run directory -> (the names it held before this process used it, None if it did not exist; its first existing ancestor)
+
+def note_existing(run_dir) -> None:
+    "Record what `run_dir` holds now (once per process and directory), before this run writes anything into it."
+    d = Path(run_dir).absolute()
+    if str(d) in _found_before: return
+    _found_before[str(d)] = (set(os.listdir(d)) if d.is_dir() else None, next(p for p in (d, *d.parents) if p.exists()))
+
+def remove_created(run_dir) -> None:
+    "Remove what this process added to `run_dir` since `note_existing`, and `run_dir` and its parents if it made them; nothing if not noted."
+    d = Path(run_dir).absolute()
+    if str(d) not in _found_before or not d.is_dir(): return
+    before, existing = _found_before.pop(str(d))
+    for p in d.iterdir():
+        if before is None or p.name not in before: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if before is not None: return
+    for p in (d, *d.parents):
+        if p == existing: break
+        try: p.rmdir()
+        except OSError: break
+
 # %% ../nbs/07b_rundirs.ipynb #0b7e5c93
 def hydra_run_dir(log_dir, experiment_name, output_dir=None, resume=None, overwrite=None) -> str:
     "The run directory of a single run (`hydra.run.dir`); `overwrite=None` (eval, predict) skips the check for results."
-    if resume: return str(resume)
-    if output_dir:
-        if overwrite is not None and not overwrite and not resumable(output_dir): claim_run_dir(output_dir)  # the loop checks a resumable one
-        return str(output_dir)
-    return str(new_run_dir(log_dir, experiment_name))
+    d = str(resume or output_dir or new_run_dir(log_dir, experiment_name))
+    note_existing(d)  # before Hydra makes it: a run refused later removes only what it created
+    if output_dir and not resume and overwrite is not None and not overwrite and not resumable(output_dir) and not unstarted(output_dir):
+        claim_run_dir(output_dir)  # the loop checks a resumable or unstarted one against its config
+    return d
 
 def hydra_sweep_dir(log_dir, experiment_name) -> str:
     "The directory of a sweep (`hydra.sweep.dir`); each job gets a numbered folder in it."

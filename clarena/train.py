@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/cli.html.md"""
 
 # %% ../nbs/08_cli.ipynb #da208bcc
 from __future__ import annotations
-import inspect, json, logging, os, re, shutil, signal, sys, textwrap, traceback
+import inspect, json, logging, math, os, re, shutil, signal, sys, textwrap, traceback
 from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_module
@@ -21,10 +21,10 @@ from .core import SCENARIOS, ConfigError, TrainingError, check_choice, check_pos
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'ACCELERATORS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES', 'APP_DESCRIPTIONS', 'compose_config',
-           'absolute_data_root', 'check_values', 'check_run_config', 'resume_config', 'failure',
-           'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help', 'input_error', 'run_cli',
-           'job_failed', 'SweepReport', 'InputCheck']
+__all__ = ['log', 'ACCELERATORS', 'MAX_MAGNITUDE', 'PRECISIONS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES',
+           'APP_DESCRIPTIONS', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
+           'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help',
+           'input_error', 'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
 
 # %% ../nbs/08_cli.ipynb #8c1a0002
 from . import rundirs  # registers clarena_run_dir, clarena_sweep_dir, clarena_hydra_subdir (paths only: no torch)
@@ -57,17 +57,53 @@ def _accelerator_available(name: str) -> bool:
 def _integer(what, v):
     if isinstance(v, bool) or not isinstance(v, int): raise ConfigError(f"{what} must be an integer, got {v!r}")
 
+MAX_MAGNITUDE = 1e12  # clarena.algorithms.base.MAX_MAGNITUDE (that module imports torch): beyond it a value is absurd
+
+def _number(v) -> bool: return not isinstance(v, bool) and isinstance(v, (int, float))
+
 def _positive_number(what, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0: raise ConfigError(f"{what} must be a number > 0, got {v!r}")
+    if not _number(v) or not v > 0: raise ConfigError(f"{what} must be a number > 0, got {v!r}")
+    if not v <= MAX_MAGNITUDE: raise ConfigError(f"{what} must be a finite number > 0 up to {MAX_MAGNITUDE:g}, got {v!r}")
+
+def _seed(what, v):
+    _integer(what, v)
+    if not 0 <= v < 2**32: raise ConfigError(f"{what} must be an integer from 0 to 2**32 - 1 (numpy's seed range), got {v!r}")
+
+def _devices(what, v):
+    "Lightning's `devices`: a count >= 1, -1 or 'auto' (all), a list of device indices or a string of them ('0,1')."
+    ok = (v in ("auto", -1) or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+          or (isinstance(v, str) and re.fullmatch(r"\d+(,\d+)*,?|-1", v.strip()) and v.strip() not in ("0", "0,"))
+          or (OmegaConf.is_list(v) or isinstance(v, list)) and len(v) > 0 and all(isinstance(i, int) and i >= 0 for i in v))
+    if not ok: raise ConfigError(f"{what} must be a number of devices >= 1, -1 or 'auto' (all), or a list of device indices, got {v!r}")
+
+def _batch_limit(zero_ok: bool):
+    "Lightning's `limit_*_batches`: null (all), a count of batches, or a fraction of them in (0, 1]."
+    def check(what, v):
+        if v is None: return
+        if _number(v) and ((isinstance(v, int) and v >= (0 if zero_ok else 1)) or (isinstance(v, float) and (0 <= v if zero_ok else 0 < v) and v <= 1)): return
+        raise ConfigError(f"{what} must be null (all), a number of batches >= {0 if zero_ok else 1} or a fraction in "
+                          f"{'[0' if zero_ok else '(0'}, 1], got {v!r}")
+    return check
+
+def _max_steps(what, v):
+    if v != -1: check_positive_int(what, v)  # -1: as many as max_epochs make; 0 would report an untrained model as trained
+
+def _non_negative_number(what, v):
+    if not _number(v) or not 0 <= v <= MAX_MAGNITUDE: raise ConfigError(f"{what} must be a finite number >= 0, got {v!r}")
 
 def _choice(*choices): return lambda what, v: check_choice(what, v, choices)
 def _optional(check): return lambda what, v: None if v is None else check(what, v)
 
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine", "transformer-engine-float16",
+              32, 16, 64, "32", "16", "64", "bf16")  # Lightning's accepted values (lightning.fabric.connector), without importing it
 REFERENCE_NAMES = ("joint", "independent", "random")  # the keys of clarena.algorithms.references.REFERENCES, which imports torch
 
 VALUE_CHECKS = {
-    "seed": _integer, "trainer.accelerator": _choice(*ACCELERATORS), "model.optimizer.lr": _positive_number,
-    "trainer.max_epochs": check_positive_int,
+    "seed": _seed, "trainer.accelerator": _choice(*ACCELERATORS), "model.optimizer.lr": _positive_number,
+    "trainer.max_epochs": check_positive_int, "trainer.max_steps": _max_steps, "trainer.devices": _devices,
+    "trainer.precision": _choice(*PRECISIONS), "trainer.gradient_clip_val": _optional(_non_negative_number),
+    "trainer.limit_train_batches": _batch_limit(False), "trainer.limit_test_batches": _batch_limit(False),
+    "trainer.limit_val_batches": _batch_limit(True),  # 0: no validation
     "data.num_tasks": check_positive_int, "data.batch_size": check_positive_int, "data.eval_batch_size": check_positive_int,
     "data.scenario": _choice(*SCENARIOS), "data.loader": _choice("device", "dataloader"),
     "speed.steps_per_call": lambda what, v: v == "auto" or check_positive_int(what, v), "speed.capture_warmup": check_positive_int,
@@ -82,7 +118,21 @@ def check_values(cfg: DictConfig) -> DictConfig:
         parent = OmegaConf.select(cfg, node) if node else cfg
         if not OmegaConf.is_dict(parent) or leaf not in parent: continue  # a config without this key (clarena-eval's, a datamodule without it)
         check(key, OmegaConf.select(cfg, key))
+    for key, v in _numbers(cfg):
+        if not math.isfinite(v): raise ConfigError(f"{key} must be a finite number, got {v!r}")
+        if key.startswith("model.") and abs(v) > MAX_MAGNITUDE:
+            raise ConfigError(f"{key}={v!r} is an absurd magnitude (beyond {MAX_MAGNITUDE:g}): no hyperparameter of a model or its optimizer needs it")
     return cfg
+
+def _numbers(cfg, prefix: str = ""):
+    "Every number of the config (not Hydra's own node) with its dotted key; an interpolation that does not resolve yet is skipped."
+    items = cfg.items_ex(resolve=False) if OmegaConf.is_dict(cfg) else enumerate(cfg)
+    for k, _ in items:
+        if prefix == "" and k in ("hydra", "paths"): continue  # paths: strings, some resolved only in a run
+        try: v = cfg[k]
+        except Exception: continue
+        if OmegaConf.is_config(v): yield from _numbers(v, f"{prefix}{k}.")
+        elif _number(v): yield f"{prefix}{k}", v
 
 def check_run_config(cfg: DictConfig) -> DictConfig:
     "Raise `ConfigError` for a value that would only fail after training started; return `cfg`."
@@ -136,15 +186,10 @@ def failure(e: BaseException) -> tuple[int, str] | None:
     return None
 
 def discard_unused_run_dir(run_dir: Path, log_dir=None):
-    "Remove a run directory that holds nothing but Hydra's own files (a run refused before it wrote anything), and its empty parents below `log_dir`."
-    d = Path(run_dir)
-    if not d.is_dir() or not all(p.name == ".hydra" or p.suffix == ".log" for p in d.iterdir()): return
-    shutil.rmtree(d, ignore_errors=True)
-    stop = Path(log_dir).absolute() if log_dir else None
-    for parent in d.absolute().parents:
-        if stop is None or parent == stop or stop not in parent.parents: break
-        try: parent.rmdir()
-        except OSError: break
+    """Undo a run refused for bad input: remove what it created in `run_dir` (the directory too, and its parents, if it made them), and
+    nothing else: a `paths.output_dir` of the user's keeps its own files (`rundirs.remove_created`; `log_dir` is not needed)."""
+    from clarena.rundirs import remove_created
+    remove_created(run_dir)
 
 _interrupted = False  # set by Ctrl-C: Lightning turns the KeyboardInterrupt inside a fit into exit status 1
 

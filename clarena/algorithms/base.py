@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
 # %% ../../nbs/05_algorithm.ipynb #a8fe0483
 from __future__ import annotations
-import copy, logging
+import copy, logging, math
 from typing import Callable, Iterator
 import torch
 from torch import nn
@@ -19,13 +19,20 @@ from .fastpath import FastPath
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'check_number', 'TaskData', 'Batch', 'Gradients', 'logits_by_task', 'CLAlgorithm']
+__all__ = ['log', 'MAX_MAGNITUDE', 'check_number', 'TaskData', 'Batch', 'Gradients', 'logits_by_task', 'CLAlgorithm']
 
 # %% ../../nbs/05_algorithm.ipynb #0b1c2d3e
-def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True) -> float:
-    "Raise `ConfigError` unless `value` is a real number `>= minimum` (`> minimum` if not `inclusive`); return it as a float."
+MAX_MAGNITUDE = 1e12  # no published hyperparameter of these methods comes near it; float32 (max 3.4e38) holds it and its square
+
+def check_number(what: str, value, minimum: float = 0.0, inclusive: bool = True, maximum: float = MAX_MAGNITUDE) -> float:
+    """Raise `ConfigError` unless `value` is a real number `>= minimum` (`> minimum` if not `inclusive`) and `<= maximum`; return it as
+    a float. Infinity, NaN and absurd magnitudes are refused: above `maximum`, or (for a value that must be `> minimum`, which is
+    divided by or scales logits) within `1/maximum` of `minimum`; such a value would only show up as a non-finite loss after training started."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (value < minimum if inclusive else value <= minimum):
         raise ConfigError(f"{what} must be a number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
+    if not math.isfinite(value) or value > maximum or (not inclusive and value - minimum < 1 / maximum):
+        raise ConfigError(f"{what} must be a finite number of sensible magnitude ({'' if inclusive else f'{minimum} + {1 / maximum:g} '}"
+                          f"up to {maximum:g}), got {value!r}")
     return float(value)
 
 # %% ../../nbs/05_algorithm.ipynb #1d2e3f40
