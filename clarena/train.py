@@ -336,6 +336,9 @@ def run_cli(app):
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try: signal.signal(signal.SIGINT, _on_sigint)
     except ValueError: pass  # not the main thread
+    from clarena.rundirs import note_existing
+    for a in sys.argv[1:]:  # a run directory given as is (not through clarena's resolvers): what it holds before Hydra makes it
+        if a.startswith("hydra.run.dir="): note_existing(a.split("=", 1)[1])
     try:
         return app()
     except KeyboardInterrupt:

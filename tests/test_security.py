@@ -173,7 +173,7 @@ class L2Anchor(CLAlgorithm):
         super().__init__(backbone, head, optimizer, scheduler)
         self.strength, self.anchor = strength, None
     def on_task_end(self, task_id, data): self.anchor = [p.detach().clone() for p in self.backbone.parameters()]
-    def extra_loss(self, x, y, logits):
+    def extra_loss(self, batch, logits):
         if self.anchor is None: return 0.0
         return {"anchor": self.strength / 2 * sum(((p - a) ** 2).sum() for p, a in zip(self.backbone.parameters(), self.anchor))}
     def state(self): return {"anchor": self.anchor}
