@@ -18,12 +18,12 @@ from matplotlib.patches import Patch
 from . import metrics as M
 from .callbacks import live_widgets
 from .checkpoints import load_checkpoint
-from .arena import (benchmark_name, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
+from .arena import (benchmark_name, check_results, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
                            table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows)
 
 # %% auto #0
-__all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'run_label',
-           'run_markdown', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures',
+__all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'broken_reason',
+           'run_label', 'run_markdown', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures',
            'run_view_html', 'arena_view_html', 'Explorer', 'explore']
 
 # %% ../nbs/11_explorer.ipynb #e1a0c006
@@ -50,8 +50,14 @@ def is_arena(path) -> bool:
     "Whether `path` is an arena directory (its runs under `runs/<identity>/`)."
     return (Path(path).expanduser() / "runs").is_dir() and (Path(path).expanduser() / "report.md").exists()
 
+def broken_reason(run_dir) -> str | None:
+    "Why a finished run's results fail their check (`check_results`: edited, truncated, no results hash), or None when they pass."
+    try: check_results(run_dir); return None
+    except ValueError as e: return str(e)
+
 def run_label(run_dir, m: dict | None = None) -> str:
-    "A one-line name of a finished run: algorithm, benchmark, seed, directory."
+    "A one-line name of a finished run: algorithm, benchmark, seed, directory (a broken run: its directory, and that it is broken)."
+    if m is None and broken_reason(run_dir): return f"{Path(run_dir).name} · broken results"
     m = m or json.loads((Path(run_dir) / "metrics.json").read_text())
     bench = benchmark_name(m["config"]) if "data" in (m.get("config") or {}) else m["scenario"]
     return f"{m['algorithm']} · {bench} · seed {m['seed']} · {Path(run_dir).name}"
@@ -125,7 +131,9 @@ def run_view_figures(run_dir, m: dict | None = None) -> dict:
             "each task's accuracy": M.plot_task_acc(R, label)}
 
 def run_view_html(run_dir, level: int = 3) -> str:
-    "A run's whole view as static HTML: the numbers, the figures and, for HAT, the masks of every task (every position of the slider)."
+    "A run's whole view as static HTML: the numbers, the figures and, for HAT, the masks of every task (every position of the slider); a broken run: why."
+    if reason := broken_reason(run_dir):
+        return f"<h{level}>{html.escape(run_label(run_dir))}</h{level}><p><em>{html.escape(f'not shown: {reason}')}</em></p>"
     m = json.loads((Path(run_dir) / "metrics.json").read_text())
     out = [f"<h{level}>{html.escape(run_label(run_dir, m))}</h{level}>", table_html(None, run_summary_rows(m)), table_html(*acc_matrix_rows(m))]
     out += [img_html(figure_png(f), name) for name, f in run_view_figures(run_dir, m).items()]
@@ -153,6 +161,7 @@ def _show_view(choice: str):
     import ipywidgets as W
     if choice.startswith(ARENA):
         display(HTML(arena_view_html(choice[len(ARENA) + 1:]))); return
+    if broken_reason(choice): display(HTML(run_view_html(choice))); return
     m = json.loads((Path(choice) / "metrics.json").read_text())
     m.setdefault("run_dir", choice)
     display(Markdown(run_markdown(m)))
