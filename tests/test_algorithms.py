@@ -7,7 +7,7 @@ import shutil
 import lightning as L
 import pytest
 
-from clarena.core import ConfigError
+from clarena.core import ConfigError, register
 from clarena.loop import run_experiment
 from clarena.train import compose_config, resume_config
 
@@ -38,6 +38,7 @@ ALGORITHMS = [
 class Killed(Exception): pass
 
 
+@register  # a test's class: built from a config only once registered
 class KillAt(L.Callback):
     "Stop the run dead (as SIGKILL would: no checkpoint of its own) before Lightning batch `batch` of task `task_id`."
     def __init__(self, task_id: int, batch: int): self.task_id, self.batch = task_id, batch
