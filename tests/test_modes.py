@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clarena.checkpoints import load_checkpoint, restore
+from clarena.checkpoints import load_checkpoint, restore, write_checkpoint
 from clarena.core import ConfigError
 from clarena.loop import build
 from clarena.train import compose_config
@@ -41,6 +41,22 @@ def test_eval_recomputes_the_recorded_row(trained, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         e = json.loads((tmp_path / str(k) / "eval.json").read_text())
         assert e["acc"] == recorded[k] and e["max_abs_diff"] == 0.0
+
+
+def test_eval_fails_when_the_row_differs_and_refuses_a_step_checkpoint(trained, tmp_path):
+    ck = load_checkpoint(trained / "checkpoints" / "task_1.ckpt")
+    ck["progress"]["acc_matrix"][1][1] -= 0.002  # a recorded row that the weights do not give again (its sha256 recomputed)
+    write_checkpoint(tmp_path / "edited.ckpt", ck)
+    r = cli("clarena.evaluate", [f"ckpt_path={tmp_path / 'edited.ckpt'}", f"hydra.run.dir={tmp_path / 'e'}"], tmp_path)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("clarena:")]
+    assert r.returncode == 1 and len(lines) == 1 and "differs from the recorded one by 0.002 (more than tolerance=1e-06)" in lines[0], r.stderr[-2000:]
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["matches"] is False
+    r = cli("clarena.evaluate", [f"ckpt_path={tmp_path / 'edited.ckpt'}", f"hydra.run.dir={tmp_path / 'f'}", "tolerance=0.01"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck["step"] = dict(task_id=1, global_step=12)
+    write_checkpoint(tmp_path / "step.ckpt", ck)
+    r = cli("clarena.evaluate", [f"ckpt_path={tmp_path / 'step.ckpt'}", f"hydra.run.dir={tmp_path / 'g'}"], tmp_path)
+    assert r.returncode == 2 and "is a step checkpoint (task 1 stopped at global step 12)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_predict_writes_a_grid_and_a_table(trained, tmp_path):
@@ -101,6 +117,9 @@ def test_bad_checkpoints_are_refused(trained, tmp_path):
     with pytest.raises(ConfigError, match="is corrupted"): load_checkpoint(truncated)
     unsafe = tmp_path / "unsafe.ckpt"; torch.save({"state_dict": {}, "x": Path("/etc")}, unsafe)  # an object that needs code to build
     with pytest.raises(ConfigError, match="a safe load \\(weights_only=True\\) refuses"): load_checkpoint(unsafe)
+    bare = load_checkpoint(trained / "checkpoints" / "task_1.ckpt"); del bare["sha256"]
+    torch.save(bare, tmp_path / "bare.ckpt")  # the contents without the sha256 wrapper: nothing shows they are unchanged
+    with pytest.raises(ConfigError, match="has no sha256"): load_checkpoint(tmp_path / "bare.ckpt")
     with pytest.raises(ConfigError, match="is not a clarena checkpoint"):
         torch.save({"weights": torch.zeros(1)}, tmp_path / "other.ckpt"); load_checkpoint(tmp_path / "other.ckpt")
     ckpt = load_checkpoint(trained / "checkpoints" / "task_1.ckpt")
