@@ -235,13 +235,15 @@ def order_verdict(better: list, worse: list, alpha: float = 0.05) -> tuple[str, 
 VERDICT_RANK = {"reversed": 0, "within noise": 1, "untested (n < 2)": 2, "holds": 3, "not run": 4}
 
 def check_orders(preset: dict, rows: list[dict], alpha: float = 0.05) -> list[dict]:
-    "Every published order of `preset` checked on the finished `rows` (`league_rows`): failing ones first, then by benchmark."
+    """Every published order of `preset` checked on the finished `rows` (`league_rows`): failing ones first, then by benchmark; a
+    benchmark without any finished run (its data is not here, or it has not run yet) is left out of the checks."""
     acc = {}
     for r in rows: acc.setdefault((r["benchmark"], r["algorithm"]), []).append(r["final_avg_acc"])
+    ran = {r["benchmark"] for r in rows}
     out = []
     for o in preset.get("orders", []):
         for bench in ([o["benchmark"]] if isinstance(o["benchmark"], str) else o["benchmark"]):
-            if bench not in preset["benchmarks"]: continue
+            if bench not in preset["benchmarks"] or bench not in ran: continue
             a, b = acc.get((bench, o["better"]), []), acc.get((bench, o["worse"]), [])
             verdict, p = order_verdict(a, b, alpha)
             out.append(dict(benchmark=bench, better=o["better"], worse=o["worse"], source=o.get("source", ""), note=o.get("note", ""),

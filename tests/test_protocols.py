@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_fashion
 
-from clarena.league import check_orders, league_rows, load_preset, preset_configs, protocol_table, run_league, shrink_preset
+from clarena.league import check_orders, league_main, league_rows, load_preset, preset_configs, protocol_table, run_league, shrink_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,6 +50,19 @@ def test_cli_dry_run_lists_runs_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "DER+++" in bad.stderr
 
 
+def test_three_scenarios_settings_are_the_papers(tmp_path):
+    "Split: 2 x 400 units, Adam lr 0.001, 2000 steps of 128; Permuted: 2 x 1000, lr 0.0001, 5000 steps; the strengths per scenario."
+    p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST DIL", "Permuted FMNIST TIL"], ["EWC", "Online EWC", "SI"])
+    c = {(b, a): x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
+    s, q = c[("Split FMNIST DIL", "SI")], c[("Permuted FMNIST TIL", "SI")]
+    assert (list(s.model.backbone.hidden_dims), s.model.optimizer.lr, s.trainer.max_steps, s.data.batch_size) == ([400, 400], 0.001, 2000, 128)
+    assert (list(q.model.backbone.hidden_dims), q.model.optimizer.lr, q.trainer.max_steps) == ([1000, 1000], 0.0001, 5000)
+    assert s.model.optimizer._target_ == "torch.optim.Adam" and s.speed.steps_per_call == 1  # max_steps exact (no chunks)
+    assert (s.model.algorithm.strength, q.model.algorithm.strength) == (500.0, 5.0)
+    assert c[("Split FMNIST DIL", "EWC")].model.algorithm.strength == 1.0e6
+    assert (c[("Split FMNIST DIL", "Online EWC")].model.algorithm.strength, c[("Split FMNIST DIL", "Online EWC")].model.algorithm.gamma) == (1.0e8, 0.7)
+
+
 @needs_fashion
 def test_der_paper_report_notebook_at_a_tiny_budget(tmp_path):
     benches = ["Seq-FMNIST TIL", "P-FMNIST DIL"] + (["Seq-FMNIST CIL"] if has_fixed_head() else [])
@@ -82,6 +95,11 @@ def test_three_scenarios_replay_above_finetuning_in_class_il(tmp_path):
     assert checks[("LwF", "None")]["verdict"] == "not run"
     t = {x["algorithm"]: x for x in protocol_table(p, rows)}
     assert t["None"]["published"] == pytest.approx(0.199) and t["None"]["n"] == 2 and t["None"]["std"] is not None
+    # the command line, on the same runs (all finished: skipped), writes the protocol's table and the order checks into league.md
+    assert league_main("three_scenarios", [*ov, "seeds=0,1", "buffer_sizes=500", "only_benchmarks=Split FMNIST CIL", "only_algorithms=None,ER",
+                                           f"arena.dir={tmp_path / 'arena'}", "n_jobs=1"]) == 0
+    md = (tmp_path / "arena" / "league.md").read_text()
+    assert "## Published orders" in md and "| Split FMNIST CIL | ER (500) > None |" in md and "0.1990" in md
 
 
 @needs_fashion
