@@ -64,6 +64,7 @@ class CLAlgorithm(L.LightningModule):
     supports: tuple = ("TIL", "CIL", "DIL")  # scenarios the algorithm is defined for
     chunkable: bool = True   # its training steps may run several per Lightning step
     capturable: bool = True  # its training step may be replayed from a CUDA graph
+    cil_heads: tuple = ("growing", "fixed")  # the CIL heads (`HeadCIL`) it is defined on; the first is what model/head=cil gives it
 
     def __init__(self, backbone: nn.Module, head: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_monitor: str = "val/loss"):
