@@ -92,7 +92,7 @@ def predict(ckpt_path, task_id: int, num_samples: int = 16, trainer: dict | None
     with torch.no_grad():
         x, y = view.batch(idx)
         probs = torch.softmax(algo(x, task_id), dim=1)
-    classes = dm.classes(task_id)  # head index -> original class
+    classes = dm.classes(dm.num_tasks - 1 if dm.scenario == "CIL" else task_id)  # head index -> original class (CIL: a fixed head has them all)
     rows = view.source_rows[:n].cpu() if view.source_rows is not None else torch.arange(n)
     return dict(task_id=task_id, images=dm.data.x_test[rows.to(dm.data.x_test.device)].cpu().numpy(),
                 true=[classes[i] for i in y.cpu().tolist()], pred=[classes[i] for i in probs.argmax(1).cpu().tolist()],

@@ -28,6 +28,7 @@ from .data.base import ChunkedBatches, TensorBatches
 from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
 from .algorithms.references import REFERENCES
+from .models.heads import cil_head_fixed
 
 log = logging.getLogger("clarena")
 
@@ -69,7 +70,13 @@ def build(cfg: DictConfig):
     check_positive_int("trainer.max_epochs", cfg.trainer.max_epochs)
     dm = make(cfg.data, "data")
     backbone = make(cfg.model.backbone, "model.backbone")
-    head = make(cfg.model.head, "model.head", input_dim=backbone.output_dim)
+    head_kw = {}
+    if "fixed" in cfg.model.head:  # a CIL head: fixed over all the benchmark's classes, or growing, as asked or as the algorithm is defined
+        try: algo_cls = REFERENCES.get(cfg.get("reference")) or get_class(cfg.model.algorithm._target_)
+        except Exception: algo_cls = None  # a bad target: `make` below says so
+        fixed = cil_head_fixed(cfg.model.head.fixed, getattr(algo_cls, "cil_heads", ("growing", "fixed")), getattr(algo_cls, "__name__", "?"))
+        head_kw = dict(fixed=fixed, num_classes=sum(dm.num_new_classes(t) for t in range(dm.num_tasks)) if fixed else None)
+    head = make(cfg.model.head, "model.head", input_dim=backbone.output_dim, **head_kw)
     if head.scenario != dm.scenario:
         raise ConfigError(f"{type(dm).__name__} in scenario {dm.scenario} needs a {dm.scenario} head "
                           f"(model/head={dm.scenario.lower()}), got a {head.scenario} head ({type(head).__name__})")

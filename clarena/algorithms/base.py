@@ -157,6 +157,7 @@ class CLAlgorithm(L.LightningModule):
     chunkable: bool = True   # its training steps may run several per Lightning step
     capturable: bool = True  # its training step may be replayed from a CUDA graph
     learns_from_stream: bool = True  # False: a step only hands the batch to training_batch and after_step (to store); no update
+    cil_heads: tuple = ("growing", "fixed")  # the CIL heads (`HeadCIL`) it is defined on; the first is what model/head=cil gives it
 
     def __init__(self, backbone: nn.Module, head: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  scheduler_monitor: str = "val/loss"):

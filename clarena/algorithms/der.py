@@ -18,6 +18,7 @@ __all__ = ['DER']
 # %% ../../nbs/06i_der.ipynb #73999c14
 class DER(ReplayMethod):
     "Dark Experience Replay (Buzzega et al., NeurIPS 2020): match the logits stored with replayed samples (DER); with `beta` > 0 also replay their labels (DER++)."
+    cil_heads = ("fixed",)  # the stored logits hold later classes' outputs down only if those outputs exist from the first task
     def __init__(self, backbone, head, optimizer, scheduler=None, buffer_size: int = 200, alpha: float = 0.2, beta: float = 0.0,
                  replay_batch_size: int | None = None, **kwargs):
         super().__init__(backbone, head, optimizer, scheduler, buffer_size, replay_batch_size, **kwargs)
@@ -29,8 +30,7 @@ class DER(ReplayMethod):
     def name(self) -> str: return "DER++" if self.beta > 0 else "DER"  # what reports call it
 
     def add_task_parameters(self, task_id):
-        sizes = torch.tensor(self.head_classes, device=self.device)
-        self.widths = sizes.cumsum(0) if self.head.scenario == "CIL" else sizes  # the head's outputs while task k trained
+        self.widths = torch.tensor(self.head.widths, device=self.device)  # the head's outputs while task k trained
 
     def training_batch(self, batch):
         r = self.replay_batch_size or batch.num_current

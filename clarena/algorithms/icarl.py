@@ -61,15 +61,15 @@ class ICaRL(ReplayMethod):
 
     def task_loss(self, logits, batch):
         "Alg. 3's classification term: BCE of the new classes' outputs against the labels (all 0 for an exemplar of an old class)."
-        s, y = self.old_classes, batch.y
-        target = (y[:, None] == torch.arange(s, logits.shape[1], device=y.device)).to(logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits[:, s:], target, reduction="none").sum(1).mean()
+        s, n, y = self.old_classes, sum(self.head_classes), batch.y  # the classes seen so far: all a growing head has, the first of a fixed one
+        target = (y[:, None] == torch.arange(s, n, device=y.device)).to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits[:, s:n], target, reduction="none").sum(1).mean()
 
     def extra_loss(self, batch, logits):
         "Alg. 3's distillation term: BCE of the old classes' outputs against the previous network's sigmoid outputs q."
         if self.old is None: return 0.0
         old = self.old.module
-        with torch.no_grad(): q = torch.sigmoid(old["head"](old["backbone"](batch.x, task_id=self.task_id)))
+        with torch.no_grad(): q = torch.sigmoid(old["head"](old["backbone"](batch.x, task_id=self.task_id))[:, :self.old_classes])
         s = q.shape[1]
         return {"distillation": F.binary_cross_entropy_with_logits(logits[:, :s], q, reduction="none").sum(1).mean()}
 

@@ -36,7 +36,7 @@ class FrozenCopy:
         `like` is a model (`backbone`, `head`) whose head is rebuilt with those tasks' outputs first: within the next task (a step
         checkpoint) the live head already has that task's outputs, which the copy made at the previous task's end did not."""
         if head_classes is not None and like["head"].num_tasks != len(head_classes):
-            head = type(like["head"])(like["head"].input_dim, like["head"].init_seed)
+            head = like["head"].empty()
             for t, n in enumerate(head_classes): head.new_task(t, n)
             like = nn.ModuleDict(dict(backbone=like["backbone"], head=head))
         out = cls(like)
@@ -80,6 +80,7 @@ class LwF(CLAlgorithm):
         with torch.no_grad():
             h = old["backbone"](x, task_id=self.task_id)
             if self.head.scenario == "TIL": return [old["head"](h, k) for k in range(len(self.old_head_classes))]
+            if self.head.scenario == "CIL": return [old["head"](h, self.task_id)[:, :sum(self.old_head_classes)]]  # a fixed head has later classes too
             return [old["head"](h, self.task_id)]
 
     def outputs(self, x: torch.Tensor, logits: torch.Tensor) -> list:

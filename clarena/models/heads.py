@@ -1,4 +1,4 @@
-"""The output layers: one per task (TIL), one that grows with every task's classes (CIL), or one shared by every task (DIL).
+"""The output layers: one per task (TIL); one over the classes of a class-incremental benchmark, growing with every task's classes or fixed over all of them from the first task (CIL); or one shared by every task (DIL).
 
 Docs: https://clarena-dev.github.io/clarena/heads.html.md"""
 
@@ -6,13 +6,14 @@ Docs: https://clarena-dev.github.io/clarena/heads.html.md"""
 
 # %% ../../nbs/03_heads.ipynb #af630dc5
 from __future__ import annotations
+from itertools import accumulate
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import ConfigError
+from ..core import ConfigError, check_positive_int
 
 # %% auto #0
-__all__ = ['seeded_linear', 'HeadTIL', 'HeadCIL', 'HeadDIL']
+__all__ = ['CIL_HEAD_NEEDS', 'seeded_linear', 'HeadTIL', 'HeadCIL', 'cil_head_fixed', 'HeadDIL']
 
 # %% ../../nbs/03_heads.ipynb #d2c3c2e9
 def seeded_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
@@ -33,6 +34,11 @@ class HeadTIL(nn.Module):
     @property
     def num_tasks(self): return len(self.heads)
 
+    @property
+    def widths(self) -> list[int]: return [l.out_features for l in self.heads]  # each task's own outputs
+
+    def empty(self) -> HeadTIL: return HeadTIL(self.input_dim, self.init_seed)
+
     def new_task(self, task_id: int, num_classes: int):
         if task_id != len(self.heads): raise ValueError(f"tasks must arrive in order: expected task {len(self.heads)}, got {task_id}")
         self.heads.append(seeded_linear(self.input_dim, num_classes, self.init_seed + task_id))
@@ -41,23 +47,62 @@ class HeadTIL(nn.Module):
 
 # %% ../../nbs/03_heads.ipynb #629ce547
 class HeadCIL(nn.Module):
-    "One linear head over all classes seen so far; it grows when a task arrives."
+    "One linear head over the classes of a CIL benchmark: growing with each task's classes, or `fixed` over all `num_classes` from the first task."
     scenario = "CIL"
-    def __init__(self, input_dim: int, init_seed: int = 0):
+    def __init__(self, input_dim: int, init_seed: int = 0, fixed: bool | None = False, num_classes: int | None = None):
         super().__init__()
         self.input_dim, self.init_seed, self.num_tasks = input_dim, init_seed, 0
-        self.weight = nn.Parameter(torch.empty(0, input_dim))
-        self.bias = nn.Parameter(torch.empty(0))
+        self.fixed = bool(fixed)  # None: the algorithm's choice, which `build` resolves (`cil_head_fixed`); growing here
+        self.task_classes: list[int] = []  # the classes each task brought
+        if self.fixed:
+            layer = seeded_linear(input_dim, check_positive_int("model.head.num_classes (a fixed CIL head's outputs)", num_classes), init_seed)
+            self.weight, self.bias = layer.weight, layer.bias
+        else:
+            self.weight = nn.Parameter(torch.empty(0, input_dim))
+            self.bias = nn.Parameter(torch.empty(0))
+
+    @property
+    def num_classes(self) -> int: return self.weight.shape[0]  # the head's outputs now
+
+    @property
+    def widths(self) -> list[int]:
+        "The head's outputs while each task trained: the classes seen by then (growing), all of them (fixed)."
+        return [self.num_classes] * self.num_tasks if self.fixed else list(accumulate(self.task_classes))
+
+    def empty(self) -> HeadCIL: return HeadCIL(self.input_dim, self.init_seed, self.fixed, self.num_classes if self.fixed else None)
 
     def new_task(self, task_id: int, num_classes: int):
         if task_id != self.num_tasks: raise ValueError(f"tasks must arrive in order: expected task {self.num_tasks}, got {task_id}")
-        new = seeded_linear(self.input_dim, num_classes, self.init_seed + task_id).to(self.weight.device)
-        self.weight = nn.Parameter(torch.cat([self.weight.data, new.weight.data]))
-        self.bias = nn.Parameter(torch.cat([self.bias.data, new.bias.data]))
+        if self.fixed:
+            if sum(self.task_classes) + num_classes > self.num_classes:
+                raise ConfigError(f"a fixed CIL head has {self.num_classes} outputs, and task {task_id} brings the classes to "
+                                  f"{sum(self.task_classes) + num_classes}: model.head.num_classes must cover the whole benchmark")
+        else:
+            new = seeded_linear(self.input_dim, num_classes, self.init_seed + task_id).to(self.weight.device)
+            self.weight = nn.Parameter(torch.cat([self.weight.data, new.weight.data]))
+            self.bias = nn.Parameter(torch.cat([self.bias.data, new.bias.data]))
+        self.task_classes.append(num_classes)
         self.num_tasks += 1
 
     def forward(self, h: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
         return F.linear(h, self.weight, self.bias)
+
+# %% ../../nbs/03_heads.ipynb #c1f0a7e2
+CIL_HEAD_NEEDS = {  # why an algorithm defined on only one form of CIL head cannot run on the other
+    "fixed": "its loss needs every class's output from the first task (a growing head adds a task's outputs only when the task "
+             "arrives, so nothing learnt before then holds them down)",
+    "growing": "it adds each task's outputs when the task arrives"}
+
+def cil_head_fixed(fixed: bool | None, defined_on: tuple, algorithm: str) -> bool:
+    "Whether a CIL head is fixed: as `fixed` says, or (None) as the first form `algorithm` is `defined_on`; `ConfigError` if it is not defined on the form asked for."
+    if fixed is not None and not isinstance(fixed, bool):
+        raise ConfigError(f"model.head.fixed must be true (all classes from the first task), false (growing) or null (the algorithm's own), got {fixed!r}")
+    if fixed is None: return defined_on[0] == "fixed"
+    kind = "fixed" if fixed else "growing"
+    if kind not in defined_on:
+        raise ConfigError(f"{algorithm} is defined on a {defined_on[0]} CIL head, not a {kind} one: {CIL_HEAD_NEEDS[defined_on[0]]}; "
+                          f"use model/head=cil_{defined_on[0]} or model/head=cil")
+    return fixed
 
 # %% ../../nbs/03_heads.ipynb #af44eee5
 class HeadDIL(nn.Module):
@@ -70,6 +115,11 @@ class HeadDIL(nn.Module):
 
     @property
     def num_classes(self) -> int | None: return None if self.linear is None else self.linear.out_features
+
+    @property
+    def widths(self) -> list[int]: return [self.num_classes] * self.num_tasks
+
+    def empty(self) -> HeadDIL: return HeadDIL(self.input_dim, self.init_seed)
 
     def new_task(self, task_id: int, num_classes: int):
         if task_id != self.num_tasks: raise ValueError(f"tasks must arrive in order: expected task {self.num_tasks}, got {task_id}")
