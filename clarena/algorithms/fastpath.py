@@ -38,7 +38,10 @@ class FastPath:
         "Run the training steps of `chunk` (an `IndexChunk`) for `algo`, eagerly or by graph replay; log as one step per Lightning step would."
         opt, tr = algo.optimizers(use_pl_optimizer=False), algo.trainer
         num_batches, logged = min(chunk.num_batches, tr.num_training_batches * self.steps_per_call), []
-        for j, idx in enumerate(chunk.indices):
+        steps = chunk.indices
+        if tr.max_steps is not None and tr.max_steps > 0:  # trainer.max_steps is exact: the chunk that reaches it stops there
+            steps = steps[:max(0, tr.max_steps - tr.global_step)]
+        for j, idx in enumerate(steps):
             algo.before_step(chunk.first + j, num_batches)
             if self.capture and len(idx) == chunk.batch_size:
                 out = self._captured_step(algo, chunk.view, idx, opt)
@@ -50,7 +53,7 @@ class FastPath:
             _count_step(tr)
         # what `self.log` writes (validation included) goes to the loggers at Lightning's count of stepped batches, which it
         # advances by one per Lightning step: advance it by the chunk's other steps, so that it counts training steps as without chunks
-        tr.fit_loop.epoch_loop._batches_that_stepped += len(chunk.indices) - 1
+        tr.fit_loop.epoch_loop._batches_that_stepped += max(len(steps) - 1, 0)
         for step, out in logged:  # the steps a one-step-per-Lightning-step run logs, at the same step numbers
             if self.capture: algo.check_finite(out["loss"], chunk.first, every=1)
             parts = {k: v for k, v in out.items() if k != "loss"}
