@@ -162,7 +162,7 @@ class CLAlgorithm(L.LightningModule):
         self.test_results: dict[int, tuple[float, float]] = {}
         self._step_io = None
         # the initial weights (the loop builds the model right after seeding with the run's seed: a resumed run has the same ones)
-        self._initial = ({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, torch.initial_seed())
+        self._initial = ({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, copy.deepcopy(head).cpu())
         self.fitter: Callable | None = None  # set by the task loop: what fit_on trains with
         self.configure_speed()
 
@@ -223,14 +223,12 @@ class CLAlgorithm(L.LightningModule):
 
     @torch.no_grad()
     def reinitialize(self):
-        "Back to the initial weights: the backbone as built from the run's seed, each head layer re-drawn from that seed (the same every call)."
-        backbone, seed = self._initial
+        "Back to the initial weights: the backbone as built from the run's seed, the head's outputs for every task so far as the head first made them (seeded)."
+        backbone, head = self._initial
         self.backbone.load_state_dict(backbone)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.head.modules():
-                if m is not self.head and hasattr(m, "reset_parameters"):  # drawn on the CPU: the same weights on every device
-                    fresh = copy.deepcopy(m).cpu(); fresh.reset_parameters(); m.load_state_dict(fresh.state_dict())
+        fresh = copy.deepcopy(head)
+        for t, n in enumerate(self.head_classes): fresh.new_task(t, n)
+        self.head.load_state_dict(fresh.state_dict())
 
     def fit_on(self, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, batch_size: int | None = None):
         """Train on the (prepared) inputs `x` and labels `y` with ordinary training steps (`task_loss`, `extra_loss`, ... with
