@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
 # %% ../../nbs/05_algorithm.ipynb #a8fe0483
 from __future__ import annotations
-import copy, logging
+import copy, inspect, logging
 from typing import Callable, Iterator
 import torch
 from torch import nn
@@ -396,9 +396,21 @@ class CLAlgorithm(L.LightningModule):
         "What a checkpoint needs beyond the weights to rebuild the model: plain types only."
         return dict(algorithm=type(self).__name__, task_id=self.task_id, head_classes=list(self.head_classes))
 
+    STEP_HOOKS = {"training_batch": "(self, batch)", "task_loss": "(self, logits, batch)", "extra_loss": "(self, batch, logits)",
+                  "adjust_gradients": "(self, batch, grads)", "after_step": "(self, batch, logits)"}
+
     def __init_subclass__(cls, **kwargs):
-        "An algorithm that keeps state of its own (overrides `state`) saves it in its state dict, under `_extra_state`."
+        """An algorithm that keeps state of its own (overrides `state`) saves it in its state dict, under `_extra_state`.
+        A step hook written for the signatures before the `Batch` (`extra_loss(self, x, y, logits)`, `adjust_gradients(self)`) is refused when the class is defined."""
         super().__init_subclass__(**kwargs)
+        for name, want in CLAlgorithm.STEP_HOOKS.items():
+            f = cls.__dict__.get(name)
+            if f is None or not callable(f): continue
+            ps = list(inspect.signature(f).parameters.values())
+            if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in ps): continue
+            if len(ps) != want.count(",") + 1:
+                raise TypeError(f"{cls.__name__}.{name}{inspect.signature(f)}: step hooks receive the step's Batch since clarena's API "
+                                f"second pass; write {name}{want} (batch.x, batch.y, batch.current: see the algorithm chapter)")
         if cls.state is not CLAlgorithm.state:
             cls.get_extra_state = lambda self: {"state": self.state()}
             cls.set_extra_state = lambda self, extra: self.load_state(extra["state"])
