@@ -35,6 +35,7 @@ ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined
     "Finetuning (TIL)": ("smnist_til_finetuning", []), "HAT (TIL)": ("smnist_til_finetuning", ["model/algorithm=hat"]),
     "PackNet (TIL)": ("smnist_til_finetuning", ["model/algorithm=packnet"]),
     "GEM": ("smnist_cil_finetuning", ["model/algorithm=gem"]), "ER-ACE": ("smnist_cil_finetuning", ["model/algorithm=er_ace"]),
+    "LUCIR": ("smnist_cil_finetuning", ["model/algorithm=lucir"]),
     "GDumb": ("smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # its stream steps only store; it trains at task ends (fit_on)
 }
 

@@ -29,6 +29,7 @@ ALGORITHMS = [
     ("gem", "pmnist_finetuning", ["model/algorithm=gem", "trainer.limit_train_batches=60"]),
     ("er_ace", "smnist_cil_finetuning", ["model/algorithm=er_ace"]),  # CIL only
     ("gdumb", "smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # CIL and DIL; trains at each task's end (fit_on)
+    ("lucir", "smnist_cil_finetuning", ["model/algorithm=lucir"]),  # CIL only
     ("joint", "pmnist_finetuning", ["reference=joint"]),
     ("independent", "pmnist_finetuning", ["reference=independent"]),
     ("random", "pmnist_finetuning", ["reference=random"]),

@@ -63,3 +63,34 @@ def test_buffer_follows_the_module_and_replays_from_a_cuda_graph():
     for _ in range(10): g.replay()  # capturing records the work without doing it: 1 + 1 + 10 insertions
     torch.cuda.synchronize()
     assert int(o.buffer.seen) == 32 * 12 and len(o.buffer) == 64 and r.x.shape == (16, 3)
+
+
+def replay_methods():
+    "Every replay method clarena ships (a subclass of ReplayMethod), found by walking the subclasses once the modules are imported."
+    import importlib
+    from clarena.algorithms.buffer import ReplayMethod
+    for m in ("er", "agem", "der", "icarl", "gem", "er_ace", "gdumb"): importlib.import_module(f"clarena.algorithms.{m}")
+    out, todo = [], [ReplayMethod]
+    while todo:
+        c = todo.pop(); todo += c.__subclasses__()
+        if c is not ReplayMethod and c.__module__.startswith("clarena."): out.append(c)
+    return sorted(out, key=lambda c: c.__name__)
+
+
+def test_every_replay_method_gets_the_checks_from_the_base():
+    "The shipped checks apply to every replay method without the method calling them: per-task batch norm, a replay batch larger than "
+    "the buffer (issue #22), a buffer larger than the training set."
+    from clarena.core import ConfigError
+    from clarena.models.backbones import MLP, AlexNet
+    from clarena.models.heads import HeadCIL, HeadTIL
+    methods = replay_methods()
+    assert {c.__name__ for c in methods} >= {"ER", "AGEM", "DER", "ICaRL", "GEM", "ERACE", "GDumb"}
+    for cls in methods:
+        label = cls.label or cls.__name__
+        if cls.one_pass:
+            with pytest.raises(ConfigError, match="per-task batch norm"): cls(AlexNet(batch_norm="per_task", max_tasks=2), HeadTIL(2048), optimizer=None)
+        with pytest.raises(ConfigError, match=f"{label}'s replay_batch_size=11 is larger than the buffer \\(10 samples\\)"):
+            cls(MLP(4, [8]), HeadCIL(8), optimizer=None, buffer_size=10, replay_batch_size=11)
+        algo = cls(MLP(4, [8]), HeadCIL(8), optimizer=None, buffer_size=100)
+        data = type("Data", (), dict(task_id=0, num_tasks=2, device=torch.device("cpu"), __len__=lambda self: 30))()
+        with pytest.raises(ConfigError, match=f"{label}'s buffer_size.*=100 is larger than the training set"): algo.start_task(data)

@@ -81,7 +81,25 @@ def test_til_and_dil(tmp_path, no_data_root, name, experiment):
     ("model/algorithm=er model.algorithm.buffer_size=-5", "ER's buffer_size must be a whole number >= 1 (samples kept), got -5"),
     ("model/algorithm=agem model.algorithm.buffer_size=null", "A-GEM needs a memory"),
     ("model/algorithm=agem model.algorithm.buffer_size=0", "A-GEM's buffer_size must be a whole number >= 1"),
-    ("model/algorithm=er model.algorithm.replay_batch_size=0", "ER's replay_batch_size must be an integer >= 1, got 0")])
+    ("model/algorithm=er model.algorithm.replay_batch_size=0", "ER's replay_batch_size must be an integer >= 1, got 0"),
+    # issue #22: 1e8 attempted a 313 GB allocation; every replay method's batch is bounded by its buffer, before training
+    ("model/algorithm=er model.algorithm.replay_batch_size=1e8", "ER's replay_batch_size must be an integer >= 1, got 100000000.0"),
+    ("model/algorithm=der model.algorithm.replay_batch_size=100000000", "DER's replay_batch_size=100000000 is larger than the buffer (200 samples)"),
+    ("model/algorithm=derpp model.algorithm.replay_batch_size=201", "DER's replay_batch_size=201 is larger than the buffer (200 samples)"),
+    ("model/algorithm=er_ace model.algorithm.replay_batch_size=300", "ER-ACE's replay_batch_size=300 is larger than the buffer (200 samples)"),
+    ("model/algorithm=icarl model.algorithm.replay_batch_size=201", "iCaRL's replay_batch_size=201 is larger than the buffer (200 samples)"),
+    ("model/algorithm=agem model.algorithm.memory_batch_size=1000", "A-GEM's memory_batch_size=1000 is larger than the buffer (200 samples)")])
 def test_bad_sizes_stop_before_training(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build(compose_config("smnist_cil_finetuning", [*override.split(), f"paths.data_dir={tmp_path}"]))
+
+
+def test_huge_replay_batch_exits_2_before_anything_is_written(tmp_path):
+    "Issue #22: replay_batch_size=1e8 from the command line is one line on stderr and exit status 2, with no run directory."
+    import os, subprocess, sys
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, "-m", "clarena.train", "experiment=smnist_cil_finetuning", "model/algorithm=der",
+                        "model.algorithm.replay_batch_size=100000000", f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "DER's replay_batch_size=100000000 is larger than the buffer (200 samples)" in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()

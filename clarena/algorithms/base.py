@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/algorithm.html.md"""
 
 # %% ../../nbs/05_algorithm.ipynb #a8fe0483
 from __future__ import annotations
-import copy, logging, math
+import copy, inspect, logging, math
 from typing import Callable, Iterator
 import torch
 from torch import nn
@@ -170,7 +170,7 @@ class CLAlgorithm(L.LightningModule):
         self.test_results: dict[int, tuple[float, float]] = {}
         self._step_io = None
         # the initial weights (the loop builds the model right after seeding with the run's seed: a resumed run has the same ones)
-        self._initial = ({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, torch.initial_seed())
+        self._initial = ({k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}, copy.deepcopy(head).cpu())
         self.fitter: Callable | None = None  # set by the task loop: what fit_on trains with
         self.configure_speed()
 
@@ -231,14 +231,12 @@ class CLAlgorithm(L.LightningModule):
 
     @torch.no_grad()
     def reinitialize(self):
-        "Back to the initial weights: the backbone as built from the run's seed, each head layer re-drawn from that seed (the same every call)."
-        backbone, seed = self._initial
+        "Back to the initial weights: the backbone as built from the run's seed, the head's outputs for every task so far as the head first made them (seeded)."
+        backbone, head = self._initial
         self.backbone.load_state_dict(backbone)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.head.modules():
-                if m is not self.head and hasattr(m, "reset_parameters"):  # drawn on the CPU: the same weights on every device
-                    fresh = copy.deepcopy(m).cpu(); fresh.reset_parameters(); m.load_state_dict(fresh.state_dict())
+        fresh = copy.deepcopy(head)
+        for t, n in enumerate(self.head_classes): fresh.new_task(t, n)
+        self.head.load_state_dict(fresh.state_dict())
 
     def fit_on(self, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, batch_size: int | None = None):
         """Train on the (prepared) inputs `x` and labels `y` with ordinary training steps (`task_loss`, `extra_loss`, ... with
@@ -406,9 +404,21 @@ class CLAlgorithm(L.LightningModule):
         "What a checkpoint needs beyond the weights to rebuild the model: plain types only."
         return dict(algorithm=type(self).__name__, task_id=self.task_id, head_classes=list(self.head_classes))
 
+    STEP_HOOKS = {"training_batch": "(self, batch)", "task_loss": "(self, logits, batch)", "extra_loss": "(self, batch, logits)",
+                  "adjust_gradients": "(self, batch, grads)", "after_step": "(self, batch, logits)"}
+
     def __init_subclass__(cls, **kwargs):
-        "An algorithm that keeps state of its own (overrides `state`) saves it in its state dict, under `_extra_state`."
+        """An algorithm that keeps state of its own (overrides `state`) saves it in its state dict, under `_extra_state`.
+        A step hook written for the signatures before the `Batch` (`extra_loss(self, x, y, logits)`, `adjust_gradients(self)`) is refused when the class is defined."""
         super().__init_subclass__(**kwargs)
+        for name, want in CLAlgorithm.STEP_HOOKS.items():
+            f = cls.__dict__.get(name)
+            if f is None or not callable(f): continue
+            ps = list(inspect.signature(f).parameters.values())
+            if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in ps): continue
+            if len(ps) != want.count(",") + 1:
+                raise TypeError(f"{cls.__name__}.{name}{inspect.signature(f)}: step hooks receive the step's Batch since clarena's API "
+                                f"second pass; write {name}{want} (batch.x, batch.y, batch.current: see the algorithm chapter)")
         if cls.state is not CLAlgorithm.state:
             cls.get_extra_state = lambda self: {"state": self.state()}
             cls.set_extra_state = lambda self, extra: self.load_state(extra["state"])

@@ -1,4 +1,4 @@
-"""A fixed-size memory of training samples on the model's device, shared by the replay family (ER, A-GEM, DER++, iCaRL): reservoir sampling over the stream (Vitter 1985, algorithm R) in a few tensor operations per batch, or equal shares per class or task; saved and restored with the run.
+"""A fixed-size memory of training samples on the model's device, shared by the replay family (ER, A-GEM, GEM, DER++, iCaRL, ER-ACE, GDumb), and its policies: reservoir sampling over the stream (Vitter 1985, algorithm R) in a few tensor operations per batch, equal shares per class or task (per-task memories), herding (iCaRL) and class-balanced greedy (GDumb); saved and restored with the run; the checks every replay method gets.
 
 Docs: https://clarena-dev.github.io/clarena/buffer.html.md"""
 
@@ -16,7 +16,7 @@ from .base import CLAlgorithm, Batch, logits_by_task
 
 # %% auto #0
 __all__ = ['check_buffer_size', 'check_buffer_fits', 'check_replay_batch_size', 'Replay', 'ReplayBuffer', 'add_class_balanced',
-           'check_one_pass_backbone', 'ReplayMethod']
+           'herding', 'check_one_pass_backbone', 'ReplayMethod']
 
 # %% ../../nbs/06f_buffer.ipynb #d48380de
 def check_buffer_size(what: str, size) -> int:
@@ -169,6 +169,19 @@ def add_class_balanced(buf: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, task
     buf.count.fill_(n); buf.seen += len(y)
     buf.filled = buf.filled or n > 0
 
+
+# %% ../../nbs/06f_buffer.ipynb #486c6634
+def herding(features: torch.Tensor, m: int) -> torch.Tensor:
+    "Alg. 4: indices of `m` rows of `features` (n, d), in the order picked, each the row whose addition brings the mean of those picked closest to the mean of all; no row twice."
+    mu = features.mean(0)
+    picked = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+    order = torch.empty(m, dtype=torch.long, device=features.device)
+    total = torch.zeros_like(mu)
+    for k in range(m):
+        dist = (mu - (total + features) / (k + 1)).norm(dim=1).masked_fill(picked, float("inf"))
+        i = dist.argmin()
+        order[k] = i; picked[i] = True; total += features[i]
+    return order
 
 # %% ../../nbs/06f_buffer.ipynb #c6e9986f
 def check_one_pass_backbone(backbone, algorithm: str):

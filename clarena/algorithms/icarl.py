@@ -10,24 +10,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from ..core import ConfigError
-from .buffer import ReplayMethod
+from .buffer import ReplayMethod, herding
 from .lwf import FrozenCopy
 
 # %% auto #0
-__all__ = ['herding', 'ICaRL']
-
-# %% ../../nbs/06j_icarl.ipynb #486c6634
-def herding(features: torch.Tensor, m: int) -> torch.Tensor:
-    "Alg. 4: indices of `m` rows of `features` (n, d), in the order picked, each the row whose addition brings the mean of those picked closest to the mean of all; no row twice."
-    mu = features.mean(0)
-    picked = torch.zeros(len(features), dtype=torch.bool, device=features.device)
-    order = torch.empty(m, dtype=torch.long, device=features.device)
-    total = torch.zeros_like(mu)
-    for k in range(m):
-        dist = (mu - (total + features) / (k + 1)).norm(dim=1).masked_fill(picked, float("inf"))
-        i = dist.argmin()
-        order[k] = i; picked[i] = True; total += features[i]
-    return order
+__all__ = ['ICaRL']
 
 # %% ../../nbs/06j_icarl.ipynb #441ab73e
 class ICaRL(ReplayMethod):
