@@ -12,6 +12,7 @@ from torch import nn
 
 from ..core import ConfigError, TrainingError
 from .base import CLAlgorithm, check_number
+from .wsn import shared_norms
 
 # %% auto #0
 __all__ = ['cosine_fraction', 'top_units', 'unit_index', 'random_mask', 'NISPA']
@@ -55,8 +56,7 @@ class NISPA(CLAlgorithm):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
         if not hasattr(backbone, "gated_layers"):
             raise ConfigError(f"NISPA needs a backbone with units per layer (mask_sizes, gated_layers()); {type(backbone).__name__} has none")
-        bns = getattr(backbone, "bns", None)
-        if bns is not None and len(bns) and not isinstance(bns[0], nn.ModuleList):
+        if shared_norms(backbone):
             raise ConfigError("NISPA with a batch norm shared by the tasks: it would change the stable units' outputs; use model.backbone.batch_norm=false")
         self.density = check_number("NISPA's density", density, 0.0, inclusive=False)
         if self.density > 1: raise ConfigError(f"NISPA's density must be a number in (0, 1] (the fraction of connections kept), got {density!r}")

@@ -15,7 +15,7 @@ from ..core import ConfigError
 from .base import CLAlgorithm, check_number
 
 # %% auto #0
-__all__ = ['top_mask', 'subnet_mask', 'pack_mask', 'unpack_mask', 'masked_parameter_names', 'WSN']
+__all__ = ['top_mask', 'subnet_mask', 'pack_mask', 'unpack_mask', 'shared_norms', 'masked_parameter_names', 'WSN']
 
 # %% ../../nbs/06s_wsn.ipynb #3da60315
 _SHIFTS = torch.arange(7, -1, -1)
@@ -43,6 +43,12 @@ def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
     return bits.flatten()[:math.prod(shape)].view(shape).bool()
 
 # %% ../../nbs/06s_wsn.ipynb #80a483c3
+def shared_norms(backbone: nn.Module) -> list:
+    "The backbone's batch norms that every task runs through (AlexNet's per-task ones, `bns[task_id]`, excepted)."
+    bns, own = getattr(backbone, "bns", None), set()
+    if bns is not None and len(bns) and isinstance(bns[0], nn.ModuleList): own = {id(m) for m in bns.modules()}
+    return [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in own]
+
 def masked_parameter_names(backbone: nn.Module) -> list:
     "The parameters WSN masks: the weights and biases of every linear and conv layer."
     return [f"{mn}.{pn}" for mn, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
@@ -56,9 +62,9 @@ class WSN(CLAlgorithm):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
         self.density = check_number("WSN's density", density, 0.0, inclusive=False)  # c
         if self.density > 1: raise ConfigError(f"WSN's density must be a number in (0, 1] (the fraction of weights each task uses), got {density!r}")
-        bns = getattr(backbone, "bns", None)
-        if bns is not None and len(bns) and not isinstance(bns[0], nn.ModuleList):
-            raise ConfigError("WSN with a batch norm shared by the tasks: it would change earlier tasks' outputs; use model.backbone.batch_norm=false")
+        if shared_norms(backbone):
+            raise ConfigError(f"WSN with a batch norm shared by the tasks ({type(backbone).__name__}): it would change earlier tasks' outputs; "
+                              f"use a backbone without one (model.backbone.batch_norm=false, or AlexNet's per_task)")
         self.init_seed, self.masked_names = init_seed, masked_parameter_names(backbone)
         if not self.masked_names: raise ConfigError(f"WSN needs a backbone with linear or conv layers; {type(backbone).__name__} has none")
         named = dict(backbone.named_parameters())
