@@ -95,11 +95,11 @@ class NISPA(CLAlgorithm):
 
     def before_step(self, batch_idx: int, num_batches: int): self._epoch_steps = max(self._epoch_steps, num_batches)
 
-    def training_batch(self, x, y):
-        self._batch_size = max(self._batch_size, len(y))
-        return x, y
+    def training_batch(self, batch):
+        self._batch_size = max(self._batch_size, len(batch.y))
+        return batch
 
-    def adjust_gradients(self):
+    def adjust_gradients(self, batch, grads):  # in place: connections into stable units get no gradient
         for l, (module, _) in enumerate(self.backbone.gated_layers()):
             if module.weight.grad is not None: module.weight.grad.mul_(getattr(self, f"grad_factor_w{l}"))
             if module.bias is not None and module.bias.grad is not None: module.bias.grad.mul_(getattr(self, f"grad_factor_b{l}"))

@@ -109,7 +109,7 @@ class WSN(CLAlgorithm):
         else: params = {n: torch.where(m, w, 0.0) for n, w, m in zip(self.masked_names, self.masked, self.task_masks(task_id))}
         return self.head(functional_call(self.backbone, params, (x,), dict(task_id=task_id)), task_id)
 
-    def adjust_gradients(self):
+    def adjust_gradients(self, batch, grads):  # in place: the frozen weights' gradients scaled to 0
         for i, w in enumerate(self.masked):
             if w.grad is not None: w.grad.mul_(getattr(self, f"grad_factor_{i}"))
 
