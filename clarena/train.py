@@ -118,11 +118,23 @@ def check_values(cfg: DictConfig) -> DictConfig:
         parent = OmegaConf.select(cfg, node) if node else cfg
         if not OmegaConf.is_dict(parent) or leaf not in parent: continue  # a config without this key (clarena-eval's, a datamodule without it)
         check(key, OmegaConf.select(cfg, key))
+    _check_processes(cfg)
     for key, v in _numbers(cfg):
         if not math.isfinite(v): raise ConfigError(f"{key} must be a finite number, got {v!r}")
         if key.startswith("model.") and abs(v) > MAX_MAGNITUDE:
             raise ConfigError(f"{key}={v!r} is an absurd magnitude (beyond {MAX_MAGNITUDE:g}): no hyperparameter of a model or its optimizer needs it")
     return cfg
+
+def _check_processes(cfg):
+    "Several processes (DDP) need a strategy that expects unused parameters: an earlier task's head gets no gradient in a later task."
+    tr = cfg.get("trainer") if OmegaConf.is_dict(cfg) else None
+    if not OmegaConf.is_dict(tr) or "devices" not in tr: return
+    v = tr.get("devices")
+    n = v if isinstance(v, int) else len(v) if OmegaConf.is_list(v) else len(v.strip(",").split(",")) if isinstance(v, str) and v[:1].isdigit() else 1
+    if n > 1 and str(tr.get("strategy", "auto")) in ("auto", "ddp", "ddp_spawn"):
+        raise ConfigError(f"trainer.devices={v} runs {n} processes, whose DDP must expect the parameters a task leaves unused (earlier "
+                          f"tasks' heads); trainer.strategy={tr.get('strategy', 'auto')} does not: use trainer=ddp "
+                          f"(trainer.strategy=ddp_find_unused_parameters_true)")
 
 def _numbers(cfg, prefix: str = ""):
     "Every number of the config (not Hydra's own node) with its dotted key; an interpolation that does not resolve yet is skipped."
