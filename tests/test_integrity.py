@@ -199,6 +199,15 @@ def test_a_model_blown_up_by_its_last_step_is_a_failed_run(tmp_path, monkeypatch
     assert not (out / "metrics.json").exists()
 
 
+def test_lr_1e38_for_one_step_is_a_failed_run(tmp_path):
+    "The issue's case: one step at lr=1e38 leaves NaN weights (the step's own loss was finite); it reported accuracy 0.101 with exit 0."
+    out = tmp_path / "run"
+    r = cli("clarena.train", ["data.num_tasks=1", "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false", "measure_fwt=false",
+                              "model.optimizer.lr=1e38", f"paths.output_dir={out}", f"paths.data_dir={tmp_path / 'none'}"], tmp_path)
+    assert r.returncode == 3 and "task 0 ended with a model that is not finite" in r.stderr, (r.returncode, r.stderr[-2000:])
+    assert not (out / "metrics.json").exists()
+
+
 def test_a_refused_run_removes_only_what_it_created(tmp_path):
     mine = tmp_path / "mine"; mine.mkdir(); (mine / "important.log").write_text("keep me")
     r = cli("clarena.train", ["experiment=smnist_cil_finetuning", "model/head=til", f"paths.output_dir={mine}",
