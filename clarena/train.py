@@ -21,7 +21,7 @@ from .core import SCENARIOS, ConfigError, TrainingError, check_choice, check_pos
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'ACCELERATORS', 'MAX_MAGNITUDE', 'PRECISIONS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES',
+__all__ = ['log', 'ACCELERATORS', 'FLOAT32_MAX', 'PRECISIONS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES',
            'APP_DESCRIPTIONS', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
            'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help',
            'input_error', 'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
@@ -57,13 +57,13 @@ def _accelerator_available(name: str) -> bool:
 def _integer(what, v):
     if isinstance(v, bool) or not isinstance(v, int): raise ConfigError(f"{what} must be an integer, got {v!r}")
 
-MAX_MAGNITUDE = 1e12  # clarena.algorithms.base.MAX_MAGNITUDE (that module imports torch): beyond it a value is absurd
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a model's number beyond it cannot be used by its weights
 
 def _number(v) -> bool: return not isinstance(v, bool) and isinstance(v, (int, float))
 
 def _positive_number(what, v):
     if not _number(v) or not v > 0: raise ConfigError(f"{what} must be a number > 0, got {v!r}")
-    if not v <= MAX_MAGNITUDE: raise ConfigError(f"{what} must be a finite number > 0 up to {MAX_MAGNITUDE:g}, got {v!r}")
+    if not v <= FLOAT32_MAX: raise ConfigError(f"{what} must be a finite number > 0 up to {FLOAT32_MAX:.3g} (float32's largest), got {v!r}")
 
 def _seed(what, v):
     _integer(what, v)
@@ -89,7 +89,7 @@ def _max_steps(what, v):
     if v != -1: check_positive_int(what, v)  # -1: as many as max_epochs make; 0 would report an untrained model as trained
 
 def _non_negative_number(what, v):
-    if not _number(v) or not 0 <= v <= MAX_MAGNITUDE: raise ConfigError(f"{what} must be a finite number >= 0, got {v!r}")
+    if not _number(v) or not 0 <= v <= FLOAT32_MAX: raise ConfigError(f"{what} must be a finite number >= 0, got {v!r}")
 
 def _choice(*choices): return lambda what, v: check_choice(what, v, choices)
 def _optional(check): return lambda what, v: None if v is None else check(what, v)
@@ -118,11 +118,23 @@ def check_values(cfg: DictConfig) -> DictConfig:
         parent = OmegaConf.select(cfg, node) if node else cfg
         if not OmegaConf.is_dict(parent) or leaf not in parent: continue  # a config without this key (clarena-eval's, a datamodule without it)
         check(key, OmegaConf.select(cfg, key))
+    _check_processes(cfg)
     for key, v in _numbers(cfg):
         if not math.isfinite(v): raise ConfigError(f"{key} must be a finite number, got {v!r}")
-        if key.startswith("model.") and abs(v) > MAX_MAGNITUDE:
-            raise ConfigError(f"{key}={v!r} is an absurd magnitude (beyond {MAX_MAGNITUDE:g}): no hyperparameter of a model or its optimizer needs it")
+        if key.startswith("model.") and abs(v) > FLOAT32_MAX:
+            raise ConfigError(f"{key}={v!r} is beyond float32's largest number ({FLOAT32_MAX:.3g}), the type of the model's weights")
     return cfg
+
+def _check_processes(cfg):
+    "Several processes (DDP) need a strategy that expects unused parameters: an earlier task's head gets no gradient in a later task."
+    tr = cfg.get("trainer") if OmegaConf.is_dict(cfg) else None
+    if not OmegaConf.is_dict(tr) or "devices" not in tr: return
+    v = tr.get("devices")
+    n = v if isinstance(v, int) else len(v) if OmegaConf.is_list(v) else len(v.strip(",").split(",")) if isinstance(v, str) and v[:1].isdigit() else 1
+    if n > 1 and str(tr.get("strategy", "auto")) in ("auto", "ddp", "ddp_spawn"):
+        raise ConfigError(f"trainer.devices={v} runs {n} processes, whose DDP must expect the parameters a task leaves unused (earlier "
+                          f"tasks' heads); trainer.strategy={tr.get('strategy', 'auto')} does not: use trainer=ddp "
+                          f"(trainer.strategy=ddp_find_unused_parameters_true)")
 
 def _numbers(cfg, prefix: str = ""):
     "Every number of the config (not Hydra's own node) with its dotted key; an interpolation that does not resolve yet is skipped."

@@ -76,6 +76,31 @@ def test_multirun_and_run_dir(tmp_path, no_data_root):
     (["data.scenario=CIL"], 2, "unknown scenario for PermutedDataModule 'CIL'; valid choices: 'TIL'"),
     (["data.num_tasks=-1"], 2, "data.num_tasks must be an integer >= 1, got -1"),
     (["-m", "data.batch_size=0"], 2, "data.batch_size must be an integer >= 1, got 0"),
+    # issue 22: tracebacks, values that trained and then failed, and values silently accepted; each one line, exit 2, nothing left
+    (["model.optimizer.lr=1e300"], 2, "model.optimizer.lr must be a finite number > 0 up to 3.4e+38 (float32's largest), got 1e+300"),
+    (["model.optimizer.lr=inf"], 2, "model.optimizer.lr must be a finite number > 0 up to 3.4e+38 (float32's largest), got inf"),
+    (["model.optimizer.weight_decay=nan"], 2, "model.optimizer.weight_decay must be a finite number, got nan"),
+    (["model/algorithm=si", "model.algorithm.strength=1e300"], 2, "model.algorithm.strength=1e+300 is beyond float32's largest number"),
+    (["model/algorithm=ewc", "model.algorithm.strength=inf"], 2, "model.algorithm.strength must be a finite number, got inf"),
+    (["model/algorithm=lwf", "model.algorithm.strength=inf"], 2, "model.algorithm.strength must be a finite number, got inf"),
+    (["model/algorithm=lwf", "model.algorithm.temperature=1e-300"], 2, "LwF's temperature (T) must be a finite number of sensible magnitude"),
+    (["experiment=pmnist_hat", "model.algorithm.s_max=1e308"], 2, "model.algorithm.s_max=1e+308 is beyond float32's largest number"),
+    (["seed=-1"], 2, "seed must be an integer from 0 to 2**32 - 1"),
+    (["seed=4294967296"], 2, "seed must be an integer from 0 to 2**32 - 1"),
+    (["trainer.limit_train_batches=-1"], 2, "trainer.limit_train_batches must be null (all), a number of batches >= 1"),
+    (["trainer.limit_train_batches=0"], 2, "trainer.limit_train_batches must be null (all), a number of batches >= 1"),
+    (["trainer.precision=bogus"], 2, "unknown trainer.precision 'bogus'"),
+    (["trainer.devices=0"], 2, "trainer.devices must be a number of devices >= 1"),
+    (["data.val_size=1.0"], 2, "data.val_size must be a fraction in [0, 1) or a whole number of samples >= 1, got 1.0 (a count is an integer: 1)"),
+    (["trainer.gradient_clip_val=-1"], 2, "trainer.gradient_clip_val must be a finite number >= 0, got -1"),
+    (["+trainer.max_steps=0"], 2, "trainer.max_steps must be an integer >= 1, got 0"),
+    (["experiment=smnist_cil_finetuning", "model/algorithm=er", "model.algorithm.buffer_size=100000", "data.num_tasks=2",
+      "trainer.limit_train_batches=2"], 2, "ER's buffer_size=100000 is larger than the training set"),
+    # bounded in the replay chapter (ER, DER++, ...): a 313 GB allocation was attempted
+    (["experiment=smnist_cil_finetuning", "model/algorithm=er", "model.algorithm.replay_batch_size=1e8", "data.num_tasks=2",
+      "trainer.limit_train_batches=2"], 2, "replay_batch_size"),
+    (["experiment=smnist_cil_finetuning", "model/algorithm=er", "model.algorithm.replay_batch_size=100000000", "data.num_tasks=2",
+      "trainer.limit_train_batches=2"], 2, "replay_batch_size"),
 ])
 def test_bad_input_fails_before_training(tmp_path, args, code, message):
     (tmp_path / "a_file").write_text("a file where a directory should be")

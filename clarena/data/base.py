@@ -20,10 +20,13 @@ __all__ = ['check_val_size', 'CLDataModule']
 
 # %% ../../nbs/01_data.ipynb #5e1a7c0d
 def check_val_size(val_size) -> float | int:
-    "Raise `ConfigError` unless `val_size` is a fraction in [0, 1) or a whole number of samples >= 1; return it."
-    ok = not isinstance(val_size, bool) and isinstance(val_size, (int, float)) and (
-        0 <= val_size < 1 or (val_size >= 1 and float(val_size).is_integer()))
-    if not ok: raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a whole number of samples >= 1, got {val_size!r}")
+    """Raise `ConfigError` unless `val_size` is a fraction in [0, 1) or a whole number of samples >= 1 (an integer: `1.0` would be
+    read as one sample where a fraction was meant); return it."""
+    ok = not isinstance(val_size, bool) and ((isinstance(val_size, float) and 0 <= val_size < 1) or (isinstance(val_size, int) and val_size >= 0))
+    if not ok:
+        count = isinstance(val_size, float) and val_size >= 1 and val_size.is_integer()
+        raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a whole number of samples >= 1, got {val_size!r}"
+                          + (f" (a count is an integer: {int(val_size)})" if count else ""))
     return val_size
 
 # %% ../../nbs/01_data.ipynb #a0efd761

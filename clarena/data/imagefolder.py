@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/imagefolder.html.md"""
 
 # %% ../../nbs/01c_imagefolder.ipynb #4f822cd0
 from __future__ import annotations
-import hashlib, json, os
+import hashlib, json, logging, os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,9 +16,13 @@ import torch
 from ..core import ConfigError, DataError, check_positive_int
 from .sources import DATASETS, DatasetInfo, SourceData
 
+log = logging.getLogger("clarena")
+
+
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'scan_split', 'scan_image_folder', 'decode_image', 'build_cache',
-           'DiskImages', 'cached_split', 'load_image_folder', 'image_folder']
+__all__ = ['log', 'IMAGE_EXTENSIONS', 'CACHE_BLOCK_ROWS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'scan_split', 'scan_image_folder',
+           'decode_image', 'build_cache', 'damaged_blocks', 'DiskImages', 'cached_split', 'load_image_folder',
+           'image_folder']
 
 # %% ../../nbs/01c_imagefolder.ipynb #1045925b
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's ImageFolder's
@@ -91,11 +95,14 @@ def _listing_key(folder: Path, files: list, labels: list, shape: tuple) -> str:
         h.update(f"{f.relative_to(folder)}\0{y}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
-def build_cache(files: list, shape: tuple, path: Path, block: int = 256, workers: int | None = None):
-    "Decode `files` in order into the raw uint8 file `path` (`N x C x H x W`), a block of rows at a time; a `DataError` naming every unreadable file."
+def _block_hash(b) -> str: return hashlib.blake2b(b, digest_size=16).hexdigest()
+
+def build_cache(files: list, shape: tuple, path: Path, block: int = 256, workers: int | None = None) -> list[str]:
+    """Decode `files` in order into the raw uint8 file `path` (`N x C x H x W`), a block of rows at a time; a `DataError` naming every
+    unreadable file. Returns the hash of each block of `block` rows as written, so a later read can tell the cache is still what was built."""
     workers = workers or min(8, os.cpu_count() or 1)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    bad, buf = [], np.empty((block, *shape), np.uint8)
+    bad, buf, hashes = [], np.empty((block, *shape), np.uint8), []
     try:
         with open(tmp, "wb") as f, ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(files), block):
@@ -103,13 +110,25 @@ def build_cache(files: list, shape: tuple, path: Path, block: int = 256, workers
                 for i, (img, err) in enumerate(pool.map(_try_decode, [(p, shape) for p in part])):
                     if err: bad.append(err)
                     else: buf[i] = img
-                if not bad: f.write(memoryview(buf[:len(part)]).cast("B"))
+                if not bad:
+                    data = memoryview(buf[:len(part)]).cast("B")
+                    f.write(data); hashes.append(_block_hash(data))
         if bad:
             raise DataError(f"{len(bad)} image file(s) cannot be read: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; "
                             f"replace or remove them")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return hashes
+
+def damaged_blocks(path: Path, block_bytes: int, hashes: list) -> list[int]:
+    "The blocks of cache file `path` whose bytes no longer hash to `hashes` (one sequential read; all of them if the file is short or long)."
+    bad = []
+    with open(path, "rb") as f:
+        for i, h in enumerate(hashes):
+            if _block_hash(f.read(block_bytes)) != h: bad.append(i)
+        if f.read(1): bad.append(len(hashes))
+    return bad
 
 # %% ../../nbs/01c_imagefolder.ipynb #53675897
 class DiskImages:
@@ -160,17 +179,29 @@ class DiskImages:
     def __repr__(self): return f"DiskImages({self.path.name}, shape={tuple(self.shape)})"
 
 # %% ../../nbs/01c_imagefolder.ipynb #989b2d03
+CACHE_BLOCK_ROWS = 256  # rows hashed together in a cache file
+
 def cached_split(folder: Path, split: str, files: list, labels: list, shape: tuple, cache_dir: Path) -> DiskImages:
-    "One split of an image folder as `DiskImages`, decoded into `cache_dir` if it is not there yet."
+    """One split of an image folder as `DiskImages`, decoded into `cache_dir` if it is not there yet, or rebuilt if its bytes are not
+    those it was built with (a hash per block of rows, written beside it and checked on every load)."""
     key = _listing_key(folder, files, labels, shape)
     stem = f"{split}-{'x'.join(map(str, shape))}"
     path, meta = cache_dir / f"{stem}-{key}.u8", cache_dir / f"{stem}-{key}.json"
     full = (len(files), *shape)
-    if not (meta.is_file() and path.is_file() and path.stat().st_size == int(np.prod(full))):
+    block_bytes = CACHE_BLOCK_ROWS * int(np.prod(shape))
+    ok = meta.is_file() and path.is_file() and path.stat().st_size == int(np.prod(full))
+    if ok:
+        m = json.loads(meta.read_text())
+        bad = damaged_blocks(path, block_bytes, m["blocks"]) if m.get("block_rows") == CACHE_BLOCK_ROWS and "blocks" in m else None
+        if bad is None: log.warning("the image cache %s has no block hashes (built by an earlier clarena): rebuilding it", path)
+        elif bad: log.warning("the image cache %s is damaged (block(s) %s of %d rows differ from what was built): rebuilding it",
+                              path, bad[:10], CACHE_BLOCK_ROWS)
+        ok = not bad and bad is not None
+    if not ok:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        build_cache(files, shape, path)
+        blocks = build_cache(files, shape, path, CACHE_BLOCK_ROWS)
         tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(dict(folder=str(folder), split=split, shape=full)))
+        tmp.write_text(json.dumps(dict(folder=str(folder), split=split, shape=full, block_rows=CACHE_BLOCK_ROWS, blocks=blocks)))
         os.replace(tmp, meta)
         for old in cache_dir.glob(f"{stem}-*"):  # caches of an earlier state of the folder
             if old.suffix in (".u8", ".json") and old.stem != f"{stem}-{key}": old.unlink(missing_ok=True)

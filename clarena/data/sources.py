@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/sources.html.md"""
 
 # %% ../../nbs/01d_sources.ipynb #0129644c
 from __future__ import annotations
-import gzip, hashlib, os
+import gzip, hashlib, os, zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -49,7 +49,7 @@ def read_idx(path, dataset: str | None = None) -> np.ndarray:
     packed = path.read_bytes()
     try:
         raw = gzip.decompress(packed) if path.suffix == ".gz" else packed
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} is corrupted: {e}; replace it with the official file") from None
     if dataset: _check_official(path, dataset, packed, raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
@@ -97,6 +97,17 @@ class SourceData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     source: str  # e.g. "mnist-bundled-10k", "torchvision:/data/MNIST/raw"
+
+    def __post_init__(self):
+        "Images and labels that do not belong together (checksums off, files of one's own) stop here, not as an IndexError in training."
+        info = DATASETS.get(self.dataset)
+        for split, x, y in (("training", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if len(x) != len(y):
+                raise DataError(f"{self.dataset} ({self.source}): the {split} split has {len(x)} images but {len(y)} labels; "
+                                f"its labels file does not belong to its images")
+            if info is not None and len(y) and not 0 <= int(y.min()) <= int(y.max()) < info.num_classes:
+                raise DataError(f"{self.dataset} ({self.source}): the {split} labels run from {int(y.min())} to {int(y.max())}, "
+                                f"outside its {info.num_classes} classes 0..{info.num_classes - 1}; the labels file is damaged or not {self.dataset}'s")
 
     @property
     def is_sample(self) -> bool: return self.source.startswith("mnist-bundled")
