@@ -118,7 +118,7 @@ def test_methods_run_on_the_fixed_head(tmp_path, no_data_root, method):
 
 @pytest.mark.parametrize("algorithm", ["lwf", "icarl", "derpp"])
 def test_fixed_head_resumes_bit_for_bit(tmp_path, no_data_root, algorithm):
-    "LwF's and iCaRL's frozen copies (rebuilt on an empty head of the same form), DER++'s stored ten logits: a run resumed after task 1 ends as the whole run."
+    "LwF's and iCaRL's frozen copies (rebuilt on an empty head of the same form), DER++'s stored ten logits: a run resumed after task 1, or within it from a step checkpoint, ends as the whole run."
     whole = small(tmp_path, "whole", no_data_root, f"model/algorithm={algorithm}")
     assert min(whole["acc_matrix"][t][t] for t in range(3)) > 0.6, whole["acc_matrix"]
     killed = tmp_path / "killed"  # as if killed during task 2: the checkpoint of task 1 is the last one, no results yet
@@ -127,6 +127,13 @@ def test_fixed_head_resumes_bit_for_bit(tmp_path, no_data_root, algorithm):
     resumed = run_experiment(resume_config(killed))
     assert resumed["resumed_at_task"] == 2
     assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    from test_algorithms import MID_TASK, Killed  # killed within task 1 (one step per Lightning step), resumed from its last step checkpoint
+    with pytest.raises(Killed): small(tmp_path, "mid", no_data_root, f"model/algorithm={algorithm}", *MID_TASK)
+    cfg = resume_config(tmp_path / "mid")
+    del cfg.callbacks["kill"]
+    mid = run_experiment(cfg)
+    assert mid["resumed_at_task"] == 1
+    assert mid["acc_matrix"] == whole["acc_matrix"] and mid["loss_matrix"] == whole["loss_matrix"]  # bit for bit
     if algorithm == "derpp":  # eval recomputes a row, predict names classes the fixed head may give before their task
         from clarena.evaluate import evaluate_checkpoint, predict
         row = evaluate_checkpoint(tmp_path / "whole" / "checkpoints" / "task_1.ckpt", data_root=no_data_root)
