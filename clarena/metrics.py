@@ -15,10 +15,11 @@ from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 # %% auto #0
-__all__ = ['avg_acc', 'avg_loss', 'TITLE_SIZE', 'rows_to_matrix', 'matrix_to_rows', 'average_over_seen', 'bwt', 'fwt',
-           'forgetting_per_task', 'forgetting', 'intransigence', 'forgetting_ratio', 'reference_metrics', 'summarize',
-           'InlineFigure', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc', 'outside_canvas', 'new_task_acc',
-           'plasticity_loss', 'binned', 'plot_new_task_acc']
+__all__ = ['avg_acc', 'avg_loss', 'TITLE_SIZE', 'LINE_COLOURS', 'LINE_MARKERS', 'rows_to_matrix', 'matrix_to_rows',
+           'average_over_seen', 'bwt', 'fwt', 'forgetting_per_task', 'forgetting', 'intransigence', 'forgetting_ratio',
+           'reference_metrics', 'summarize', 'InlineFigure', 'contrast_ratio', 'text_colour', 'label_cells',
+           'line_style', 'fit_ylim', 'plot_acc_matrix', 'plot_avg_acc', 'plot_task_acc', 'outside_canvas',
+           'new_task_acc', 'plasticity_loss', 'binned', 'plot_new_task_acc']
 
 # %% ../nbs/04_metrics.ipynb #ae546199
 def rows_to_matrix(rows: list) -> np.ndarray:
@@ -128,26 +129,63 @@ def _legend_beside(ax):
     "The legend to the right of the axes, where it hides no curve."
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, frameon=False)
 
+def _luminance(rgb) -> float:
+    "WCAG 2 relative luminance of an sRGB colour (components in [0, 1])."
+    c = np.asarray(rgb[:3], dtype=float)
+    c = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(c @ (0.2126, 0.7152, 0.0722))
+
+def contrast_ratio(a, b) -> float:
+    "WCAG 2 contrast ratio of two colours, from 1 (the same) to 21 (black on white)."
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+def text_colour(background) -> str:
+    "Black or white, whichever contrasts more with `background` (an RGB(A) tuple)."
+    return "k" if contrast_ratio(background, (0, 0, 0)) >= contrast_ratio(background, (1, 1, 1)) else "w"
+
+def label_cells(ax, im, A: np.ndarray, fmt: str = "{:.2f}", fontsize: float = 9, lower: bool = False):
+    "Write each finite value of `A` on its cell of the image `im`, in the colour that reads on that cell's colour (`lower`: on and below the diagonal only)."
+    for i in range(A.shape[0]):
+        for j in range(min(i + 1, A.shape[1]) if lower else A.shape[1]):
+            if np.isfinite(A[i, j]):
+                ax.text(j, i, fmt.format(A[i, j]), ha="center", va="center", fontsize=fontsize, color=text_colour(im.cmap(im.norm(A[i, j]))))
+
+# tab10's ten hues, then tab20's ten lighter ones; markers cycle with another period, so (colour, marker) pairs repeat only after 140 lines
+LINE_COLOURS = tuple(f"C{i}" for i in range(10)) + ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+LINE_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+def line_style(i: int) -> dict:
+    "The colour and marker of the `i`-th line of a comparison plot: distinct colours for up to 20 lines, distinct (colour, marker) pairs for up to 140."
+    return dict(color=LINE_COLOURS[i % len(LINE_COLOURS)], marker=LINE_MARKERS[i % len(LINE_MARKERS)])
+
+def fit_ylim(ax, values, chance: float | None = None, pad: float = 0.05):
+    "Fit the y axis to `values` (accuracies) and the chance level, within [0, 1], and draw the chance level as a dashed, labelled line."
+    v = np.asarray([x for x in np.ravel(np.asarray(values, dtype=float)) if np.isfinite(x)] + ([chance] if chance is not None else []))
+    lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+    span = max(hi - lo, 0.1)
+    ax.set_ylim(max(0.0, lo - pad * span - 0.01), min(1.02, hi + pad * span + 0.01))
+    if chance is not None: ax.axhline(chance, ls="--", lw=1, color="0.4", label=f"chance ({chance:.2f})")
+
 def plot_acc_matrix(R: np.ndarray, label: str = "") -> Figure:
     "Heat map of the accuracy matrix, one cell per (trained task, tested task)."
     T = len(R)
     fig = _new_figure(max(4.5, 1.2 + 0.55 * T), max(3.6, 1.3 + 0.5 * T), layout="compressed")  # constrained, for an image of fixed aspect
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
-    for i in range(T):
-        for j in range(i + 1):
-            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if R[i, j] < 0.6 else "k")
+    label_cells(ax, im, R, lower=True, fontsize=9 if T <= 6 else 7)
     ax.set(xlabel="tested on task", ylabel="after training task", xticks=range(T), yticks=range(T))
     _set_title(ax, "Accuracy matrix", label)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return fig
 
-def plot_avg_acc(curves: dict, label: str = "") -> Figure:
-    "Average accuracy after each task; `curves` maps a name (an algorithm, a run) to its `avg_acc` list."
+def plot_avg_acc(curves: dict, label: str = "", chance: float | None = None) -> Figure:
+    "Average accuracy after each task; `curves` maps a name (an algorithm, a run) to its `avg_acc` list; `chance`: the chance level, drawn dashed."
     fig = _new_figure(5.6, 3.4)
     ax = fig.subplots()
-    for name, ys in curves.items(): ax.plot(range(len(ys)), ys, marker="o", label=name)
-    ax.set(xlabel="after training task", ylabel="average accuracy", ylim=(0, 1.02))
+    for i, (name, ys) in enumerate(curves.items()): ax.plot(range(len(ys)), ys, label=name, **line_style(i))
+    ax.set(xlabel="after training task", ylabel="average accuracy")
+    fit_ylim(ax, [y for ys in curves.values() for y in ys], chance)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _set_title(ax, "Average accuracy", label, width=0.7)
     ax.grid(alpha=0.3); _legend_beside(ax)
