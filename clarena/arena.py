@@ -28,7 +28,7 @@ __all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'DA
            'summarize_runs', 'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png',
            'img_html', 'fmt', 'Html', 'esc', 'link_html', 'table_html', 'html_page', 'run_figures', 'run_summary_rows',
            'acc_matrix_rows', 'run_summary_html', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
-           'ArenaReport', 'main']
+           'ArenaReport', 'default_sweep', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
 VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "checkpoint", "tags", "hydra")
@@ -500,13 +500,23 @@ class ArenaReport(Callback):
 def _arena(cfg: DictConfig) -> float | None:
     return arena_job(cfg)
 
+def default_sweep() -> str:
+    "What `clarena-arena` with no overrides runs: `hydra.sweeper.params` of `conf/arena.yaml`, and how many runs that is (read from the file: nothing composed)."
+    import yaml
+    params = yaml.safe_load((Path(__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
+    n = math.prod(len(str(v).split(",")) for v in params.values())
+    return "\n".join(["default sweep (each key can be overridden, e.g. 'seed=0,1'):", *(f"  {k}={v}" for k, v in params.items()),
+                      f"  = {n} runs into <paths.log_dir>/arena/default (arena.name=default)"])
+
 def main():
     "Entry point of `clarena-arena`: always a Hydra multirun (a league with `preset=<name>`); exit status 1 if any of its runs failed (they are listed in the report)."
-    from clarena.train import run_cli, SweepReport
+    from clarena.train import run_cli, SweepReport, cli_help
     preset = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("preset=")), None)
     if preset is not None:  # a league from a preset (the league chapter)
         from clarena.league import league_main
         sys.exit(league_main(preset, [a for a in sys.argv[1:] if not a.startswith("preset=")]))
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(cli_help("arena", "clarena-arena") + "\n\n" + default_sweep()); sys.exit(0)
     if not any(a in ("-m", "--multirun") for a in sys.argv[1:]): sys.argv.insert(1, "--multirun")
     run_cli(_arena)
     if SweepReport.failed: sys.exit(1)
