@@ -22,13 +22,13 @@ from .rundirs import atomic_write, check_name, resumable
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'STD_NOTE',
-           'PAGE_CSS', 'FIRST_FIGURES', 'identity_config', 'run_identity', 'benchmark_name', 'same_data', 'arena_job',
-           'check_results', 'collect', 'MeanStd', 'mean_std', 'settings', 'group_runs', 'summarize_runs',
-           'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png', 'img_html',
-           'fmt', 'Html', 'esc', 'link_html', 'table_html', 'html_page', 'run_figures', 'run_summary_rows',
+__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'DATASET_NAMES', 'REPORT_METRICS', 'REPORT_HEADER',
+           'STD_NOTE', 'PAGE_CSS', 'FIRST_FIGURES', 'identity_config', 'run_identity', 'benchmark_name', 'chance_level',
+           'same_data', 'arena_job', 'check_results', 'collect', 'MeanStd', 'mean_std', 'settings', 'group_runs',
+           'summarize_runs', 'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png',
+           'img_html', 'fmt', 'Html', 'esc', 'link_html', 'table_html', 'html_page', 'run_figures', 'run_summary_rows',
            'acc_matrix_rows', 'run_summary_html', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
-           'ArenaReport', 'main']
+           'ArenaReport', 'default_sweep', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
 VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "checkpoint", "tags", "hydra")
@@ -52,10 +52,23 @@ def run_identity(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(identity_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../nbs/10_arena.ipynb #c8be6ee1
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
+
 def benchmark_name(cfg) -> str:
-    "A readable name of the benchmark a config builds, e.g. `Permuted mnist (TIL, 10 tasks)`."
+    "A readable name of the benchmark a config builds, as its papers write it, e.g. `Permuted MNIST (TIL, 10 tasks)`, `Split Fashion-MNIST (CIL, 5 tasks)`."
     kind = cfg["data"]["_target_"].rsplit(".", 1)[-1].replace("DataModule", "")
-    return f"{kind} {cfg['data']['dataset']} ({cfg['data']['scenario']}, {cfg['data']['num_tasks']} tasks)"
+    dataset = DATASET_NAMES.get(cfg["data"]["dataset"], cfg["data"]["dataset"])
+    return f"{kind} {dataset} ({cfg['data']['scenario']}, {cfg['data']['num_tasks']} tasks)"
+
+def chance_level(cfg) -> float | None:
+    "The accuracy of a uniform guess on a task where it is the same for every task (TIL, DIL); None in CIL (it falls as classes are seen)."
+    d = (cfg or {}).get("data") or {}
+    if d.get("scenario") not in ("TIL", "DIL"): return None
+    k = d.get("classes_per_task")
+    if k is None and str(d.get("_target_")).endswith("PermutedDataModule"):
+        from clarena.data.sources import DATASETS
+        k = DATASETS[d["dataset"]].num_classes if d.get("dataset") in DATASETS else None
+    return 1 / k if k else None
 
 def same_data(cfg: DictConfig, metrics: dict) -> str | None:
     "None if `cfg` loads the data that the finished run of `metrics` (its metrics.json) was trained on; else what differs."
@@ -272,14 +285,18 @@ def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
     per_bench = {b: [g for g in groups if g[0] == b] for b in benches}
     fig = M.InlineFigure(figsize=(7.5, 0.6 + max(3.2, 0.17 * max(map(len, per_bench.values())) + 0.8) * len(benches)), layout="constrained")
     for ax, b in zip(np.atleast_1d(fig.subplots(len(benches), 1)), benches):
-        for _, name, ok in per_bench[b]:
+        shown = []
+        for i, (_, name, ok) in enumerate(per_bench[b]):
             curves = np.array([r["avg_acc"] for r in ok])
-            m = curves.mean(0)
-            ax.plot(range(len(m)), m, marker="o", label="\n".join(textwrap.wrap(f"{name} (n={len(curves)})", 60)))
-            if len(curves) > 1:
-                s = curves.std(0, ddof=1); ax.fill_between(range(len(m)), m - s, m + s, alpha=0.2)
-        ax.set(title=b, xlabel="after training task", ylabel="average accuracy (mean ± sample std)", ylim=(0, 1.02), xticks=range(len(m)))
-        ax.grid(alpha=0.3); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+            m, style = curves.mean(0), M.line_style(i)
+            ax.plot(range(len(m)), m, label="\n".join(textwrap.wrap(f"{name} (n={len(curves)})", 60)), **style)
+            s = curves.std(0, ddof=1) if len(curves) > 1 else 0 * m
+            if len(curves) > 1: ax.fill_between(range(len(m)), m - s, m + s, alpha=0.15, color=style["color"])
+            shown += [*(m - s), *(m + s)]
+        ax.set(title=b, xlabel="after training task", ylabel="average accuracy (mean ± sample std)", xticks=range(len(m)))
+        M.fit_ylim(ax, shown, chance_level(per_bench[b][0][2][0].get("config")))
+        ax.grid(alpha=0.3); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                                      ncols=2 if len(per_bench[b]) > 12 else 1)
     figs["arena_avg_acc.png"] = fig
     cols = min(ncols, len(groups)); nrows = math.ceil(len(groups) / cols)
     fig = M.InlineFigure(figsize=(2.9 * cols, 0.3 + 3.4 * nrows), layout="constrained")
@@ -287,12 +304,12 @@ def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
     for ax in axes[len(groups):]: ax.set_visible(False)
     for ax, (b, name, ok) in zip(axes, groups):
         R = np.mean([M.rows_to_matrix(r["acc_matrix"]) for r in ok], axis=0)
-        ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
-        for i in range(len(R)):
-            for j in range(i + 1): ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if R[i, j] < 0.6 else "k")
+        im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
+        M.label_cells(ax, im, R, lower=True, fontsize=8 if len(R) <= 5 else 6)
         ax.set(xlabel="tested on task", ylabel="after task", xticks=range(len(R)), yticks=range(len(R)))
         # 40 characters of 7 pt: the panel's width
         ax.set_title("\n".join(textwrap.wrap(f"{name}, mean of n={len(ok)}", 40) + textwrap.wrap(b, 40)), fontsize=7)
+    fig.colorbar(im, ax=axes[:len(groups)].tolist(), shrink=0.8, label="accuracy")  # one scale (0 to 1) for every matrix of the grid
     figs["arena_acc_matrices.png"] = fig
     return figs
 
@@ -483,13 +500,23 @@ class ArenaReport(Callback):
 def _arena(cfg: DictConfig) -> float | None:
     return arena_job(cfg)
 
+def default_sweep() -> str:
+    "What `clarena-arena` with no overrides runs: `hydra.sweeper.params` of `conf/arena.yaml`, and how many runs that is (read from the file: nothing composed)."
+    import yaml
+    params = yaml.safe_load((Path(__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
+    n = math.prod(len(str(v).split(",")) for v in params.values())
+    return "\n".join(["default sweep (each key can be overridden, e.g. 'seed=0,1'):", *(f"  {k}={v}" for k, v in params.items()),
+                      f"  = {n} runs into <paths.log_dir>/arena/default (arena.name=default)"])
+
 def main():
     "Entry point of `clarena-arena`: always a Hydra multirun (a league with `preset=<name>`); exit status 1 if any of its runs failed (they are listed in the report)."
-    from clarena.train import run_cli, SweepReport
+    from clarena.train import run_cli, SweepReport, cli_help
     preset = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("preset=")), None)
     if preset is not None:  # a league from a preset (the league chapter)
         from clarena.league import league_main
         sys.exit(league_main(preset, [a for a in sys.argv[1:] if not a.startswith("preset=")]))
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(cli_help("arena", "clarena-arena") + "\n\n" + default_sweep()); sys.exit(0)
     if not any(a in ("-m", "--multirun") for a in sys.argv[1:]): sys.argv.insert(1, "--multirun")
     run_cli(_arena)
     if SweepReport.failed: sys.exit(1)

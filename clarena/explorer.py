@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 from . import metrics as M
 from .callbacks import live_widgets
 from .checkpoints import load_checkpoint
-from .arena import (benchmark_name, check_results, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
+from .arena import (benchmark_name, chance_level, check_results, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
                            table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows)
 
 # %% auto #0
@@ -127,7 +127,7 @@ def run_view_figures(run_dir, m: dict | None = None) -> dict:
     "The figures of a finished run's view, from its `metrics.json`: accuracy matrix, average accuracy, each task's accuracy."
     m = m or json.loads((Path(run_dir) / "metrics.json").read_text())
     R, label = M.rows_to_matrix(m["acc_matrix"]), f"({m['algorithm']}, seed {m['seed']})"
-    return {"accuracy matrix": M.plot_acc_matrix(R, label), "average accuracy": M.plot_avg_acc({m["algorithm"]: m["avg_acc"]}, label),
+    return {"accuracy matrix": M.plot_acc_matrix(R, label), "average accuracy": M.plot_avg_acc({m["algorithm"]: m["avg_acc"]}, label, chance_level(m.get("config"))),
             "each task's accuracy": M.plot_task_acc(R, label)}
 
 def run_view_html(run_dir, level: int = 3) -> str:

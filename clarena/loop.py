@@ -37,7 +37,7 @@ __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'q
            'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
            'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'check_finite_model',
            'console_log', 'format_matrix', 'format_final', 'RunReport', 'plot_label', 'results_sha256', 'write_results',
-           'show_figure', 'show_run', 'load_metrics']
+           'show_figure', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -532,11 +532,6 @@ def show_figure(fig):
     "Display a `matplotlib.figure.Figure` inline as a PNG (clarena's figures are made without pyplot)."
     from IPython.display import Image, display
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100); display(Image(data=buf.getvalue()))
-
-def show_run(run_dir, figures: bool = True) -> dict:
-    "Display a finished run's key numbers (rounded), its accuracy matrix and every figure it wrote; return its metrics (the explorer chapter's `show_run`)."
-    from clarena.explorer import show_run as _show_run  # the explorer chapter comes later: imported when called
-    return _show_run(run_dir, figures)
 
 # %% ../nbs/07_loop.ipynb #51d1b676
 def load_metrics(run_dir) -> dict:

@@ -24,7 +24,7 @@ log = logging.getLogger("clarena")
 __all__ = ['log', 'ACCELERATORS', 'FLOAT32_MAX', 'PRECISIONS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES',
            'APP_DESCRIPTIONS', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
            'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help',
-           'input_error', 'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
+           'did_you_mean', 'input_error', 'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
 
 # %% ../nbs/08_cli.ipynb #8c1a0002
 from . import rundirs  # registers clarena_run_dir, clarena_sweep_dir, clarena_hydra_subdir (paths only: no torch)
@@ -315,12 +315,31 @@ def _chain(e: BaseException):
         yield e
         e = e.__cause__ or e.__context__
 
+def did_you_mean(e: BaseException) -> str | None:
+    "The one line for a misspelt option or key, with the nearest valid name (`difflib`), or None: `model/algorithm=ewcc` -> `ewc`, `data.num_taks` -> `data.num_tasks` (not Hydra's `+data.num_taks`, which would add the typo)."
+    import difflib
+    from hydra.errors import MissingConfigException
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    for x in _chain(e):
+        if isinstance(x, MissingConfigException) and x.options:
+            missing = re.search(r"Could not find '([^']+)'", str(x))
+            group, _, name = (missing.group(1) if missing else str(x.missing_cfg_file)).rpartition("/")
+            near = difflib.get_close_matches(name, x.options, n=1, cutoff=0.6)
+            if near: return f"unknown {group or 'config'} option {name!r}: did you mean {near[0]!r}? (valid choices: {', '.join(map(repr, x.options))})"
+        if isinstance(x, (ConfigAttributeError, ConfigKeyError)) and x.full_key and isinstance(x.parent_node, DictConfig):
+            parent, _, key = str(x.full_key).rpartition(".")
+            near = difflib.get_close_matches(key, [str(k) for k in x.parent_node.keys()], n=1, cutoff=0.6)
+            if near: return f"unknown key {x.full_key!r}: did you mean {'.'.join(filter(None, (parent, near[0])))!r}?"
+    return None
+
 def input_error(e: BaseException) -> str | None:
     "The one line for bad input that Hydra (or a config resolver) raised, or None if `e` is not bad input."
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
     for x in _chain(e):
         if isinstance(x, ConfigError): return f"configuration error: {x}"
+    if (near := did_you_mean(e)) is not None: return near
     for x in _chain(e):
         if isinstance(x, MissingConfigException) and x.options is not None:
             missing = re.search(r"Could not find '([^']+)'", str(x))

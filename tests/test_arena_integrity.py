@@ -96,7 +96,7 @@ def test_edited_truncated_and_unhashed_results_are_broken_and_the_report_is_writ
     assert (g["finished"], g["broken"], g["final_avg_acc"].mean) == (1, 3, 0.5)  # the edited 0.99 is not in the mean
     md = (tmp_path / "report.md").read_text()
     assert "| 1 (+3 broken) | 0.5000 |" in md and "Broken runs" in md
-    assert "truncated: Finetuning on Split mnist (TIL, 2 tasks), seed 2: its metrics.json cannot be read" in md, md
+    assert "truncated: Finetuning on Split MNIST (TIL, 2 tasks), seed 2: its metrics.json cannot be read" in md, md
     assert "Broken runs" in (tmp_path / "report.html").read_text()
 
 

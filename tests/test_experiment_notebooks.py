@@ -50,7 +50,7 @@ def test_arena_cli_sweeps_skips_finished_runs_and_reports_failures(tmp_path):
     arena = tmp_path / "logs" / "arena" / "t"
     report = (arena / "report.md").read_text()
     # each learning rate its own row (they are not seeds of one setting): the failed runs' rows hold no finished run
-    assert "| Split mnist (TIL, 2 tasks) | Finetuning [model.optimizer.lr=0.05] | 1 |" in report and "| HAT [model.optimizer.lr=1e+30] | 0 (+1 failed) |" in report
+    assert "| Split MNIST (TIL, 2 tasks) | Finetuning [model.optimizer.lr=0.05] | 1 |" in report and "| HAT [model.optimizer.lr=1e+30] | 0 (+1 failed) |" in report
     assert report.count("non-finite loss") == 2
     assert len(list((arena / "runs").glob("*/metrics.json"))) == 2 and len(list((arena / "runs").glob("*/failed.json"))) == 2
     assert pngs(arena / "report.ipynb") >= 1 and (arena / "arena_avg_acc.png").exists()

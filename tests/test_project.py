@@ -36,3 +36,60 @@ def test_docs_sidebar_lists_every_notebook():
     present |= {f"reports/{p.name}" for p in (ROOT / "reports").glob("*.ipynb")}  # the committed reports: .ci/docs copies them in
     assert listed == present, (present - listed, listed - present)
     assert "metadata-files: [nbdev.yml, sidebar.yml]" in (nbs / "_quarto.yml").read_text()  # nbdev 3: its nbdev.yml, our sidebar
+
+
+def _import_graph() -> dict:
+    "clarena's modules and the clarena modules each imports anywhere in its code (the top or inside a function: a lazy import is still a dependency)."
+    import ast
+    pkg = ROOT / "clarena"
+    def name(p):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    mods = {name(p): p for p in pkg.rglob("*.py") if p.name != "_modidx.py"}
+    def module_of(n):
+        while n and n not in mods: n = n.rpartition(".")[0]
+        return n
+    graph = {}
+    for m, p in mods.items():
+        here = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import): names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + [node.module or ""]).strip(".") if node.level else node.module or ""
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else: continue
+            deps |= {module_of(n) for n in names if n.startswith("clarena")} - {m, ""}
+        graph[m] = deps
+    return graph
+
+
+def _cycles(graph: dict) -> list:
+    "The strongly connected components of more than one module (Tarjan), each as a sorted list."
+    index, low, stack, on, out = {}, {}, [], set(), []
+    def visit(v):
+        index[v] = low[v] = len(index); stack.append(v); on.add(v)
+        for w in graph[v]:
+            if w not in index: visit(w); low[v] = min(low[v], low[w])
+            elif w in on: low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v: comp.append(stack.pop()); on.discard(comp[-1])
+            if len(comp) > 1: out.append(sorted(comp))
+    for v in graph:
+        if v not in index: visit(v)
+    return sorted(out)
+
+
+# Circles still to break, each named so that breaking one fails this test until it is removed from here: the arena's CLI hands
+# `preset=` to the league, which runs its jobs through the arena; sources load an image-folder row through imagefolder, which
+# registers its rows in sources' table.
+KNOWN_CYCLES = [["clarena.arena", "clarena.league"], ["clarena.data.imagefolder", "clarena.data.sources"]]
+
+
+def test_import_graph_has_no_new_cycle():
+    graph = _import_graph()
+    assert {"clarena.loop", "clarena.explorer", "clarena.arena", "clarena.data.sources"} <= set(graph)
+    assert not graph["clarena.loop"] & {"clarena.explorer", "clarena.arena", "clarena.league"}, graph["clarena.loop"]
+    assert _cycles(graph) == KNOWN_CYCLES, _cycles(graph)
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the check sees a circle

@@ -1,0 +1,26 @@
+"""What a run prints: no warning that comes from inside Lightning on every run."""
+import warnings
+
+
+def test_lightning_pytree_warning_is_filtered_and_only_it():
+    import torch
+    import clarena  # noqa: F401  (installs the filter)
+    from lightning.pytorch.utilities.combined_loader import CombinedLoader
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.filters[:] = [f for f in warnings.filters if f[0] == "ignore" and "LeafSpec" in str(f[1] and f[1].pattern)] + [("always", None, Warning, None, 0)]
+        CombinedLoader(torch.utils.data.DataLoader(list(range(4)), batch_size=2), "max_size_cycle")  # one loader, as clarena passes it
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, elsewhere", FutureWarning)  # the same text from another module still shows
+    assert [str(w.message) for w in seen] == ["`isinstance(treespec, LeafSpec)` is deprecated, elsewhere"], [str(w.message) for w in seen]
+
+
+def test_arena_help_shows_the_default_sweep():
+    import os, subprocess, sys, yaml
+    from pathlib import Path
+    import clarena
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'clarena-arena'; from clarena.arena import main; main()", "--help"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    params = yaml.safe_load((Path(clarena.__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
+    assert "default sweep" in p.stdout and all(f"  {k}={v}" in p.stdout for k, v in params.items()), p.stdout
+    assert "= 12 runs" in p.stdout  # finetuning,hat x permuted_mnist,split_mnist x seeds 0,1,2
