@@ -36,6 +36,7 @@ ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined
     "PackNet (TIL)": ("smnist_til_finetuning", ["model/algorithm=packnet"]),
     "GEM": ("smnist_cil_finetuning", ["model/algorithm=gem"]), "ER-ACE": ("smnist_cil_finetuning", ["model/algorithm=er_ace"]),
     "LUCIR": ("smnist_cil_finetuning", ["model/algorithm=lucir"]),
+    "BiC": ("smnist_cil_finetuning", ["model/algorithm=bic"]), "X-DER": ("smnist_cil_finetuning", ["model/algorithm=xder"]),
     "GDumb": ("smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # its stream steps only store; it trains at task ends (fit_on)
 }
 

@@ -30,6 +30,7 @@ ALGORITHMS = [
     ("er_ace", "smnist_cil_finetuning", ["model/algorithm=er_ace"]),  # CIL only
     ("gdumb", "smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # CIL and DIL; trains at each task's end (fit_on)
     ("lucir", "smnist_cil_finetuning", ["model/algorithm=lucir"]),  # CIL only
+    ("bic", "smnist_cil_finetuning", ["model/algorithm=bic"]),  # CIL only; its bias correction is fitted at each task's end
     ("joint", "pmnist_finetuning", ["reference=joint"]),
     ("independent", "pmnist_finetuning", ["reference=independent"]),
     ("random", "pmnist_finetuning", ["reference=random"]),
