@@ -106,6 +106,7 @@ class PackNet(CLAlgorithm):
     def on_task_start(self, task_id, data):
         self._set_trainable(FREE)
         self._trained_shared, self._epoch_steps, self._batch_size = None, 0, 0
+        self._fixed_host = self.shared_fixed.tolist()  # read here, at the task's start: a step must not wait for the device
         free = [float((o == FREE).float().mean()) for o in self.owners]
         if min(free) == 0:
             msg = f"PackNet task {task_id}: no free weights left in some layers, free fraction per layer {[round(f, 4) for f in free]}: this task can barely learn (a larger prune_ratio for the earlier tasks, or a larger backbone, helps)"
@@ -119,7 +120,7 @@ class PackNet(CLAlgorithm):
 
     def adjust_gradients(self, batch, grads):
         if self._trained_shared is None:  # the shared parameters this task trains: the same every step, found once
-            self._trained_shared = [i for i, (p, f) in enumerate(zip(self.shared, self.shared_fixed.tolist())) if p.grad is not None and not f]
+            self._trained_shared = [i for i, (p, f) in enumerate(zip(self.shared, self._fixed_host)) if p.grad is not None and not f]
         grads = [w.grad for w in self._weights]
         if all(g is not None for g in grads): torch._foreach_mul_(grads, self._factors)
         else:
