@@ -167,6 +167,8 @@ def restore(algo, dm, ckpt: dict):
         algo.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise ConfigError(f"the checkpoint's weights do not fit the model the config builds: {str(e).splitlines()[0][:300]}") from None
+    for m in algo.modules():  # a replay buffer's rows must be ones this run could have stored (its sha256 proves only the file whole)
+        if hasattr(m, "check_rows"): m.check_rows(cl["head_classes"], algo.head.scenario)
     algo.task_id = cl["task_id"]
     return algo
 

@@ -242,3 +242,17 @@ def test_entry_point_plugins(tmp_path, monkeypatch):
     monkeypatch.setattr(core, "_entry_points_loaded", False)
     assert not core.registered("ep_l2anchor.L2Anchor")
     assert core.check_target("ep_l2anchor.L2Anchor") == "ep_l2anchor.L2Anchor"
+
+
+@pytest.mark.parametrize("field, value, words", [("y", 17, "label 17 for a row of task"), ("task_id", 5, "rows of task")])
+def test_an_edited_replay_buffer_is_refused_on_resume(tmp_path, field, value, words):
+    "A step of ER's buffer rewritten with a label (or a task) the run never had, and the file's sha256 recomputed: one line, exit 2."
+    run = train(tmp_path / "er", "model/algorithm=er", "data.num_tasks=3")
+    stopped = unfinished(run, tmp_path / "stopped", keep_tasks=2)
+    path = stopped / "checkpoints" / "task_1.ckpt"
+    ck = load_checkpoint(path)
+    ck["state_dict"]["_extra_state"]["state"]["buffer"][field][0] = value  # Permuted MNIST TIL: 10 classes a task, 2 tasks so far
+    write_checkpoint(path, ck)
+    r = cli("clarena.train", [f"resume={stopped}"], tmp_path)
+    one_line(r, 2, words, "the checkpoint was edited")
+    assert not (stopped / "metrics.json").exists()

@@ -144,6 +144,23 @@ class ReplayBuffer(nn.Module):
                         state["logits"].to(dev) if "logits" in state else None)
         self.filled = "x" in state and int(self.seen) > 0
 
+    def check_rows(self, head_classes: list[int], scenario: str):
+        """Refuse rows whose task or label the run cannot have made (a restored state that was edited): each row's task one of the
+        `len(head_classes)` tasks so far, its label below its task's outputs (TIL), the classes seen so far (CIL) or the shared head's (DIL)."""
+        n = int(self.count)
+        if self.y is None or n == 0: return
+        t, y = self.task_id[:n].long(), self.y[:n].long()
+        if bool((t < 0).any()) or bool((t >= len(head_classes)).any()):
+            raise ConfigError(f"the saved replay buffer holds rows of task {int(t.min())}..{int(t.max())}, but the run has made tasks 0.."
+                              f"{len(head_classes) - 1} so far: the checkpoint was edited; start the run again")
+        sizes = torch.tensor(head_classes, device=y.device)
+        limit = sizes[t] if scenario == "TIL" else sizes.sum().expand_as(y) if scenario == "CIL" else sizes[0].expand_as(y)
+        bad = (y < 0) | (y >= limit)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ConfigError(f"the saved replay buffer holds label {int(y[i])} for a row of task {int(t[i])}, outside the {int(limit[i])} "
+                              f"classes the run had there ({scenario}): the checkpoint was edited; start the run again")
+
 # %% ../../nbs/06f_buffer.ipynb #3677fc5c
 @torch.no_grad()
 def add_class_balanced(buf: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor, generator: torch.Generator | None = None):
