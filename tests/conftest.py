@@ -81,3 +81,18 @@ def finetuning_and(tmp_path_factory, name: str, overrides: list, common: list) -
     out = {n: run_experiment(compose_config("pmnist_finetuning", [*common, *extra, f"paths.output_dir={d / n}"]))
            for n, extra in (("finetuning", []), (name, overrides))}
     return out, d / name
+
+
+def resumes_after_task(tmp_path, whole: dict, task: int = 2, name: str = "whole") -> dict:
+    """The finished run `tmp_path/name` (its metrics `whole`) copied as if killed during `task` (its last checkpoint task `task - 1`'s,
+    no results yet) and resumed: it must end with the whole run's matrices bit for bit. Returns the resumed run's metrics."""
+    import shutil
+    from clarena.loop import run_experiment
+    from clarena.train import resume_config
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / name, killed)
+    (killed / "metrics.json").unlink(); (killed / "checkpoints" / f"task_{task}.ckpt").unlink(); shutil.rmtree(killed / "csv" / f"task_{task}")
+    resumed = run_experiment(resume_config(killed))
+    assert resumed["resumed_at_task"] == task
+    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    return resumed

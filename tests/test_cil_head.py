@@ -4,7 +4,6 @@ On Split Fashion-MNIST CIL, DER on it is far above Finetuning at the paper's pro
 DER++ keep the places they hold there; DER on a growing head is refused before anything is built. Every method that reads head
 sizes runs on the fixed head, and a run resumed from a task checkpoint gives the uninterrupted matrices bit for bit. The head
 itself (seeded, no new weights per task, `widths`) is tested in nbs/03_heads.ipynb."""
-import shutil
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
 from clarena.train import compose_config, resume_config
 
-from conftest import needs_fashion
+from conftest import needs_fashion, resumes_after_task
 
 SFMNIST_CIL = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "measure_fwt=false", "trainer.enable_progress_bar=false",
                "checkpoint.every_minutes=null"]
@@ -121,16 +120,10 @@ def test_fixed_head_resumes_bit_for_bit(tmp_path, no_data_root, algorithm):
     "LwF's and iCaRL's frozen copies (rebuilt on an empty head of the same form), DER++'s stored ten logits: a run resumed after task 1, or within it from a step checkpoint, ends as the whole run."
     whole = small(tmp_path, "whole", no_data_root, f"model/algorithm={algorithm}")
     assert min(whole["acc_matrix"][t][t] for t in range(3)) > 0.6, whole["acc_matrix"]
-    killed = tmp_path / "killed"  # as if killed during task 2: the checkpoint of task 1 is the last one, no results yet
-    shutil.copytree(tmp_path / "whole", killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
-    resumed = run_experiment(resume_config(killed))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
     from test_algorithms import MID_TASK, Killed  # killed within task 1 (one step per Lightning step), resumed from its last step checkpoint
     with pytest.raises(Killed): small(tmp_path, "mid", no_data_root, f"model/algorithm={algorithm}", *MID_TASK)
     cfg = resume_config(tmp_path / "mid")
-    del cfg.callbacks["kill"]
     mid = run_experiment(cfg)
     assert mid["resumed_at_task"] == 1
     assert mid["acc_matrix"] == whole["acc_matrix"] and mid["loss_matrix"] == whole["loss_matrix"]  # bit for bit

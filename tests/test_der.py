@@ -2,16 +2,15 @@
 Finetuning and at least ER within noise; chunks of steps and a resumed run give exactly the uninterrupted matrices (the buffer,
 with its logits, comes back from the checkpoint); bad settings stop before training. The logits stored at insertion, the masked
 columns of a grown head and the hand-computed loss are tested in nbs/06i_der.ipynb."""
-import shutil
 from pathlib import Path
 
 import pytest
 
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, needs_fashion
+from conftest import FASHION_DIR, needs_fashion, resumes_after_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SFMNIST_CIL = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "trainer.limit_train_batches=200", "measure_fwt=false",
@@ -57,12 +56,7 @@ def test_der_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data
     assert min(whole["acc_matrix"][t][t] for t in range(3)) > 0.8, whole["acc_matrix"]
     one = run(tmp_path, "one", no_data_root, experiment, *extra, "speed.steps_per_call=1")
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
-    killed = tmp_path / "killed"  # as if killed during task 2: the checkpoint of task 1 is the last one, no results yet
-    shutil.copytree(tmp_path / "whole", killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
-    resumed = run_experiment(resume_config(killed))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    resumed = resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
     assert resumed["algorithm_report"] == whole["algorithm_report"]
 
 

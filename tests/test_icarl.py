@@ -2,16 +2,15 @@
 steps and a resumed run give exactly the uninterrupted matrices (exemplars, class means and the old network come back from the
 checkpoint); TIL and DIL, and memories too small, stop with a ConfigError. Herding, the reduction and the nearest mean of
 exemplars are checked by hand and in a run in nbs/06j_icarl.ipynb."""
-import shutil
 from pathlib import Path
 
 import pytest
 
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, needs_fashion
+from conftest import FASHION_DIR, needs_fashion, resumes_after_task
 
 SFMNIST_CIL = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "trainer.limit_train_batches=200", "measure_fwt=false",
                "trainer.enable_progress_bar=false"]
@@ -40,12 +39,7 @@ def test_icarl_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_da
     assert [r["exemplars_per_class"] for r in whole["algorithm_report"]] == [[30, 30], [15] * 4, [10] * 6]
     one = run("one", "speed.steps_per_call=1")
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
-    killed = tmp_path / "killed"  # as if killed during task 2
-    shutil.copytree(tmp_path / "whole", killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
-    resumed = run_experiment(resume_config(killed))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -4,13 +4,13 @@ TIL and DIL and bad values stop with a ConfigError. The implant rule, the memory
 nbs/06n_xder.ipynb. (Not in tests/test_algorithms.py: its check that each task is learnt right after training it, acc[t][t] > 0.4,
 does not hold for X-DER, whose stream loss is over the present task's classes only; the new classes overtake the old ones on their
 samples once their samples are replayed with labels in the next task: measured acc[2][2] = 0.15, then 0.88 a task later.)"""
-import shutil
 
 import pytest
 
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
+from conftest import resumes_after_task
 
 
 def test_xder_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_root):
@@ -24,12 +24,7 @@ def test_xder_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_dat
     assert whole["algorithm_report"][-1]["buffer_rows_per_task"] == [66, 66, 66]  # 200 // 6 a class
     one = run("one", "speed.steps_per_call=1")
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
-    killed = tmp_path / "killed"  # as if killed during task 2
-    shutil.copytree(tmp_path / "whole", killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
-    resumed = run_experiment(resume_config(killed))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
 
 
 @pytest.mark.parametrize("overrides, message", [
