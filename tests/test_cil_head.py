@@ -153,4 +153,6 @@ def test_lwf_frozen_copy_within_a_task_on_the_fixed_head():
     assert copy.module["head"].fixed and copy.module["head"].num_tasks == 1
     old = algo.old.module
     assert torch.equal(copy.module["head"](copy.module["backbone"](x, task_id=1)), old["head"](old["backbone"](x, task_id=1)))
-    assert algo.extra_loss(x, None, algo(x, 1))["distillation"].isfinite()  # the old classes' columns of both: two each
+    from clarena.algorithms.base import Batch
+    batch = Batch(x, torch.zeros(4, dtype=torch.long), 1)
+    assert algo.extra_loss(batch, algo(x, 1))["distillation"].isfinite()  # the old classes' columns of both: two each
