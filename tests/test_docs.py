@@ -93,7 +93,7 @@ def test_the_chapters_pages_build_with_their_figures_and_table(tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     shown = {k: v for line in r.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
-    assert shown["04_metrics.ipynb"].count("image/png") == 3  # the three figures
+    assert shown["04_metrics.ipynb"].count("image/png") == 4  # the four figures: the matrix, average and per-task accuracy, new-task accuracy
     assert "text/markdown" in shown["08a_config_table.ipynb"]  # the config table
     assert "text/markdown" in shown["08_cli.ipynb"]  # the CLI chapter's table, generated from the config tree
 
