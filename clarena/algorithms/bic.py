@@ -45,6 +45,9 @@ class BiC(ReplayMethod):
         self.old: FrozenCopy | None = None  # backbone and head at the end of the previous task
         self.old_head_classes: list[int] = []
 
+    @property
+    def memory_size(self) -> int: return self.buffer.size + self.heldout.size  # buffer_size: replayed and held-out exemplars together
+
     def _model(self) -> nn.ModuleDict: return nn.ModuleDict(dict(backbone=self.backbone, head=self.head))
 
     def add_task_parameters(self, task_id):

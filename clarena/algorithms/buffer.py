@@ -227,9 +227,15 @@ class ReplayMethod(CLAlgorithm):
         self.buffer = ReplayBuffer(buffer_size, f"{name}'s {self.buffer_name}")
         self.replay_batch_size = check_replay_batch_size(f"{name}'s replay_batch_size", replay_batch_size, self.buffer.size)
 
+    @property
+    def memory_size(self) -> int:
+        "Every stored sample (what the user set as `buffer_name`): the replay buffer here; a method with more stores adds them."
+        return self.buffer.size
+
     def start_task(self, data):
         if data.task_id == 0 and getattr(data, "num_tasks", None):
-            check_buffer_fits(self.buffer.what, self.buffer.size, len(data) * data.num_tasks, "the training set (this task's size x num_tasks)")
+            check_buffer_fits(f"{self.label or type(self).__name__}'s {self.buffer_name}", self.memory_size, len(data) * data.num_tasks,
+                              "the training set (this task's size x num_tasks)")
         super().start_task(data)
 
     def replay(self, batch, n: int | None = None, logits: bool = False):
