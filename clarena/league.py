@@ -336,7 +336,8 @@ def league_main(preset: str, args: list) -> int:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
     if opts["dry_run"] == "true":
         print(dry_run_listing(p, overrides, selected), flush=True); return 0
-    arena_dir = Path(opts.get("arena.dir") or Path("logs") / "arena" / opts.get("arena.name", preset))
+    log_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("paths.log_dir=")), "logs")  # as a plain arena's dir
+    arena_dir = Path(opts.get("arena.dir") or Path(log_dir) / "arena" / opts.get("arena.name", preset))
     report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
     rows = league_rows(arena_dir, p, overrides, selected)
     md = f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(rows))

@@ -87,8 +87,9 @@ def test_three_scenarios_replay_above_finetuning_in_class_il(tmp_path):
     order holds (or is at worst within noise with ER ahead); the orders of methods not run are listed as not run."""
     p = shrink_preset(load_preset("three_scenarios"), [0, 1], [500], ["Split FMNIST CIL"], ["None", "ER"])
     ov = [*TINY, f"paths.data_dir={tmp_path / 'none'}"]
-    assert run_league(p, tmp_path / "arena", n_jobs=1, overrides=ov)["failed"] == 0
-    rows = league_rows(tmp_path / "arena", p, ov)
+    arena = tmp_path / "logs" / "arena" / "three_scenarios"  # where `clarena-arena preset=three_scenarios paths.log_dir=<tmp>/logs` puts it
+    assert run_league(p, arena, n_jobs=1, overrides=ov)["failed"] == 0
+    rows = league_rows(arena, p, ov)
     checks = {(c["better"], c["worse"]): c for c in check_orders(p, rows)}
     er = checks[("ER (500)", "None")]
     assert er["n"] == (2, 2) and er["diff"] > 0.1 and er["verdict"] in ("holds", "within noise")
@@ -97,8 +98,8 @@ def test_three_scenarios_replay_above_finetuning_in_class_il(tmp_path):
     assert t["None"]["published"] == pytest.approx(0.199) and t["None"]["n"] == 2 and t["None"]["std"] is not None
     # the command line, on the same runs (all finished: skipped), writes the protocol's table and the order checks into league.md
     assert league_main("three_scenarios", [*ov, "seeds=0,1", "buffer_sizes=500", "only_benchmarks=Split FMNIST CIL", "only_algorithms=None,ER",
-                                           f"arena.dir={tmp_path / 'arena'}", "n_jobs=1"]) == 0
-    md = (tmp_path / "arena" / "league.md").read_text()
+                                           f"paths.log_dir={tmp_path / 'logs'}", "n_jobs=1"]) == 0
+    md = (arena / "league.md").read_text()
     assert "## Published orders" in md and "| Split FMNIST CIL | ER (500) > None |" in md and "0.1990" in md
 
 

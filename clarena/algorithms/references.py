@@ -15,7 +15,7 @@ __all__ = ['REFERENCES', 'Joint', 'Independent', 'Random']
 
 # %% ../../nbs/05d_references.ipynb #61fe3003
 class Joint(CLAlgorithm):
-    "Upper reference (multi-task learning): each step also trains on a batch of every earlier task's training data, through that task's head."
+    "Upper reference (multi-task learning): each step also trains on a batch of every earlier task's training data, through that task's head; the loss is the tasks' mean."
     capturable = False  # draws the earlier tasks' batches per step
 
     def __init__(self, backbone, head, optimizer, scheduler=None, **kwargs):
@@ -30,6 +30,12 @@ class Joint(CLAlgorithm):
         self.batch_size = max(self.batch_size, len(batch))  # full-size batches for the earlier tasks, also beside the epoch's smaller last one
         batches = [(d.task_id, *d.sample(self.batch_size)) for d in self.earlier_tasks]
         return {"earlier_tasks": sum(self.task_loss(self(xk, k), Batch(xk, yk, k)) for k, xk, yk in batches)}
+
+    def loss_parts(self, batch, logits):
+        "Each part over the number of tasks so far: the mean of the tasks' batch losses (one batch of the union's scale, not t + 1 of them)."
+        n = 1 + len(self.earlier_tasks)
+        return {k: v / n for k, v in super().loss_parts(batch, logits).items()}
+
 
 # %% ../../nbs/05d_references.ipynb #c418dbb1
 class Independent(CLAlgorithm):
