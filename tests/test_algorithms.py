@@ -31,7 +31,7 @@ ALGORITHMS = [
     ("gdumb", "smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # CIL and DIL; trains at each task's end (fit_on)
     ("lucir", "smnist_cil_finetuning", ["model/algorithm=lucir"]),  # CIL only
     ("bic", "smnist_cil_finetuning", ["model/algorithm=bic"]),  # CIL only; its bias correction is fitted at each task's end
-    ("joint", "pmnist_finetuning", ["reference=joint"]),
+    ("joint", "pmnist_finetuning", ["reference=joint", "trainer.limit_train_batches=90"]),  # the new task is 1/(k+1) of its step loss
     ("independent", "pmnist_finetuning", ["reference=independent"]),
     ("random", "pmnist_finetuning", ["reference=random"]),
 ]
