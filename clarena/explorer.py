@@ -23,8 +23,8 @@ from .arena import (benchmark_name, chance_level, check_results, collect, summar
 
 # %% auto #0
 __all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'broken_reason',
-           'run_label', 'run_markdown', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures',
-           'run_view_html', 'arena_view_html', 'Explorer', 'explore']
+           'run_label', 'run_markdown', 'RunMetrics', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks',
+           'run_view_figures', 'run_view_html', 'arena_view_html', 'Explorer', 'explore']
 
 # %% ../nbs/11_explorer.ipynb #e1a0c006
 def project_root(start=None) -> Path:
@@ -73,8 +73,16 @@ def run_markdown(m: dict) -> str:
     if m.get("note"): out += f"\n\n_{m['note']}_"
     return out + "\n\nAccuracy matrix (row: after training task $i$; column: tested on task $j$):\n\n" + _rows_markdown(*acc_matrix_rows(m))
 
-def show_run(run_dir, figures: bool = True) -> dict:
-    "Display a finished run's key numbers (rounded), its accuracy matrix and every figure it wrote, inline; return its metrics."
+class RunMetrics(dict):
+    "A run's metrics (a plain `dict` to index) that reads as one line: `show_run` has already displayed the run, so a cell ending in it shows the run once, not its metrics as a dict of a hundred lines."
+    def __repr__(self):
+        acc = self.get("final_avg_acc")
+        return (f"<metrics of {run_label(self['run_dir'], self)}: {len(self)} keys"
+                + (f", final_avg_acc={acc:.4f}" if isinstance(acc, (int, float)) else "") + ">")
+    def _repr_pretty_(self, p, cycle): p.text(repr(self))
+
+def show_run(run_dir, figures: bool = True) -> RunMetrics:
+    "Display a finished run's key numbers (rounded), its accuracy matrix and every figure it wrote, inline; return its metrics (a `dict` whose repr is one line)."
     from IPython.display import Image, Markdown, display
     from clarena.loop import load_metrics
     m = load_metrics(run_dir)
@@ -82,7 +90,7 @@ def show_run(run_dir, figures: bool = True) -> dict:
     display(Markdown(run_markdown(m)))
     if figures:
         for p in run_figures(run_dir): display(Image(filename=str(p)))
-    return m
+    return RunMetrics(m)
 
 # %% ../nbs/11_explorer.ipynb #e1a0c010
 def hat_masks(run_dir) -> list | None:

@@ -106,6 +106,19 @@ def test_show_run_rounds_and_shows_every_figure(arena, shell):
     assert sum("image/png" in o.data for o in cap.outputs) == len(list(run.glob("*.png")))  # the algorithm's own figures too
 
 
+def test_show_run_as_a_cells_last_line_shows_the_run_not_its_dict(arena, shell):
+    from IPython.utils.capture import capture_output
+    run = runs_by_algorithm(arena)["HAT"]
+    shell.user_ns["run"] = run
+    with capture_output() as cap:
+        res = shell.run_cell("from clarena.explorer import show_run\nshow_run(run)")
+    assert res.success, res.error_in_exec
+    assert "text/markdown" in cap.outputs[0].data  # the run, displayed
+    echoed = res.result  # what the cell's last line evaluated to, and what the display hook printed for it
+    assert echoed["algorithm"] == "HAT" and isinstance(echoed, dict)  # still the metrics, to index
+    assert "final_avg_acc=" in cap.stdout and len(cap.stdout.strip().splitlines()) == 1, cap.stdout  # one line, not a dict of a hundred
+
+
 def test_papermill_output_holds_the_static_view(arena, tmp_path):
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"from clarena.explorer import explore\nexplore({str(arena)!r})")])
