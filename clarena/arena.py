@@ -18,16 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .core import ConfigError
 from .rundirs import atomic_write, check_name, resumable
+from .reports import (DATASET_NAMES, benchmark_name, chance_level, figure_png, img_html, fmt, Html, esc, link_html, table_html,
+                            html_page, run_figures, run_summary_rows, acc_matrix_rows, run_summary_html)  # the reports chapter's, shared with the league and the explorer
 
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'DATASET_NAMES', 'REPORT_METRICS', 'REPORT_HEADER',
-           'STD_NOTE', 'PAGE_CSS', 'FIRST_FIGURES', 'identity_config', 'run_identity', 'benchmark_name', 'chance_level',
-           'same_data', 'arena_job', 'check_results', 'collect', 'MeanStd', 'mean_std', 'settings', 'group_runs',
-           'summarize_runs', 'report_cells', 'data_note', 'report_markdown', 'plot_arena', 'write_report', 'figure_png',
-           'img_html', 'fmt', 'Html', 'esc', 'link_html', 'table_html', 'html_page', 'run_figures', 'run_summary_rows',
-           'acc_matrix_rows', 'run_summary_html', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
+__all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'STD_NOTE',
+           'identity_config', 'run_identity', 'same_data', 'arena_job', 'check_results', 'collect', 'MeanStd',
+           'mean_std', 'settings', 'group_runs', 'summarize_runs', 'report_cells', 'data_note', 'report_markdown',
+           'plot_arena', 'write_report', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
            'ArenaReport', 'default_sweep', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
@@ -52,24 +52,6 @@ def run_identity(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(identity_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 # %% ../nbs/10_arena.ipynb #c8be6ee1
-DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
-
-def benchmark_name(cfg) -> str:
-    "A readable name of the benchmark a config builds, as its papers write it, e.g. `Permuted MNIST (TIL, 10 tasks)`, `Split Fashion-MNIST (CIL, 5 tasks)`."
-    kind = cfg["data"]["_target_"].rsplit(".", 1)[-1].replace("DataModule", "")
-    dataset = DATASET_NAMES.get(cfg["data"]["dataset"], cfg["data"]["dataset"])
-    return f"{kind} {dataset} ({cfg['data']['scenario']}, {cfg['data']['num_tasks']} tasks)"
-
-def chance_level(cfg) -> float | None:
-    "The accuracy of a uniform guess on a task where it is the same for every task (TIL, DIL); None in CIL (it falls as classes are seen)."
-    d = (cfg or {}).get("data") or {}
-    if d.get("scenario") not in ("TIL", "DIL"): return None
-    k = d.get("classes_per_task")
-    if k is None and str(d.get("_target_")).endswith("PermutedDataModule"):
-        from clarena.data.sources import DATASETS
-        k = DATASETS[d["dataset"]].num_classes if d.get("dataset") in DATASETS else None
-    return 1 / k if k else None
-
 def same_data(cfg: DictConfig, metrics: dict) -> str | None:
     "None if `cfg` loads the data that the finished run of `metrics` (its metrics.json) was trained on; else what differs."
     recorded = metrics.get("data_fingerprint")
@@ -336,87 +318,7 @@ def write_report(arena_dir) -> dict:
     atomic_write(arena_dir / "report.html", report_html(arena_dir, groups, rows, figs))
     return dict(groups=groups, rows=rows)
 
-# %% ../nbs/10_arena.ipynb #7b4f2d10
-PAGE_CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;height:auto;display:block;margin:1em 0}
-.note{color:#666;font-style:italic}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:12px}"""
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    "A `matplotlib.figure.Figure` as PNG bytes (clarena's figures are made without pyplot)."
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi); return buf.getvalue()
-
-def img_html(png: bytes, alt: str = "") -> str:
-    "An `<img>` that holds the PNG itself (base64), so the page needs no file beside it."
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-def fmt(x, digits: int = 4) -> str:
-    "A number rounded for reading; `n/a` for a missing or undefined one (None, NaN)."
-    if x is None or (isinstance(x, float) and math.isnan(x)): return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-class Html(str):
-    "Text that is HTML already, built here from escaped parts (a link): `table_html` puts it in as it is; every other value is escaped."
-
-def esc(x) -> str:
-    "`x` as HTML text: escaped (quotes too), unless it is `Html`."
-    return x if isinstance(x, Html) else html.escape(str(x), quote=True)
-
-def link_html(href: str, text) -> Html:
-    "A link to the relative path `href` (each part URL-quoted, so a folder named by a value stays one path) showing `text`, escaped."
-    return Html(f'<a href="{esc("/".join(quote(p, safe="") for p in href.split("/")))}">{esc(text)}</a>')
-
-def table_html(header, rows) -> str:
-    "An HTML table of cells (every value escaped, `Html` put in as it is), numbers aligned right; `header=None`: no header row."
-    num = lambda c: not isinstance(c, Html) and bool(re.fullmatch(r"[-+]?[\d.]+( ± [\d.]+)?( \(.*\))?", str(c)))
-    return ("<table>" + ("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>" if header else "") +
-            "".join("<tr>" + "".join(f'<td class="num">{esc(c)}</td>' if num(c) else f"<td>{esc(c)}</td>" for c in row)
-                    + "</tr>" for row in rows) + "</table>")
-
-def html_page(title: str, body: str) -> str:
-    "A complete, self-contained HTML page."
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{PAGE_CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
-
 # %% ../nbs/10_arena.ipynb #2c9e6a3d
-FIRST_FIGURES = ("acc_matrix.png", "avg_acc.png", "task_acc.png")
-
-def run_figures(run_dir) -> list[Path]:
-    "Every figure (`*.png`) a run wrote, its own (an algorithm's, e.g. HAT's masks) included: the accuracy plots first, then by name."
-    pngs = sorted(Path(run_dir).glob("*.png"))
-    return sorted(pngs, key=lambda p: (FIRST_FIGURES.index(p.name) if p.name in FIRST_FIGURES else len(FIRST_FIGURES), p.name))
-
-def run_summary_rows(m: dict) -> list[tuple[str, str]]:
-    "A finished run's key facts and numbers, rounded for reading: (name, value) pairs."
-    c = m.get("config") or {}
-    rows = [("algorithm", m["algorithm"] + (f" (reference: {m['reference']})" if m.get("reference") else "")),
-            ("benchmark", benchmark_name(c) if "data" in c else f"{m['scenario']}, {m['num_tasks']} tasks"),
-            ("data", m["data_source"] + (" (bundled sample: not comparable with papers)" if m.get("data_is_sample") else "")),
-            ("seed", str(m["seed"])), ("final average accuracy", fmt(m.get("final_avg_acc"))), ("BWT", fmt(m.get("bwt"))),
-            ("FWT", fmt(m.get("fwt"))), ("forgetting", fmt(m.get("forgetting"))),
-            ("final accuracy per task", ", ".join(fmt(a, 3) for a in m["acc_matrix"][-1])),
-            ("wall time (s)", fmt(m.get("total_wall_s"), 1)), ("commit", str(m.get("commit", "n/a"))[:12])]
-    return rows
-
-def acc_matrix_rows(m: dict, digits: int = 3) -> tuple[list, list]:
-    "The accuracy matrix as a table: a header and one row per trained task (blank above the diagonal)."
-    n = len(m["acc_matrix"])
-    return (["after task ↓, on task →", *range(n)], [[i, *(fmt(a, digits) for a in row), *[""] * (n - len(row))] for i, row in enumerate(m["acc_matrix"])])
-
-def run_summary_html(run_dir) -> Path:
-    "Write `summary.html` into the finished run `run_dir`: its key numbers, the accuracy matrix, every figure it wrote and its config, in one page; return its path."
-    run_dir = Path(run_dir)
-    m = json.loads((run_dir / "metrics.json").read_text())
-    body = [table_html(None, run_summary_rows(m))]
-    if m.get("note"): body.append(f'<p class="note">{esc(m["note"])}</p>')
-    body += ["<h2>Accuracy matrix</h2>", table_html(*acc_matrix_rows(m)), "<h2>Figures</h2>"]
-    body += [img_html(p.read_bytes(), p.stem) for p in run_figures(run_dir)]
-    body += ["<h2>Config</h2>", f"<details><summary>the resolved config</summary><pre>{esc(json.dumps(m.get('config'), indent=1, default=str))}</pre></details>",
-             f'<p class="note">{esc(run_dir)}</p>']
-    path = run_dir / "summary.html"
-    atomic_write(path, html_page(f"{m['algorithm']} on {m['data_source']}, seed {m['seed']}", "\n".join(body)))
-    return path
-
 def report_html(arena_dir, groups: list[dict], rows: list[dict], figs: dict) -> str:
     """The arena's report as one self-contained page: the table, failed and broken runs, data, the comparison figures (`figs`: name -> PNG
     bytes) and every run. Every value is escaped: a swept value or a folder's name is shown as text, never read as HTML."""

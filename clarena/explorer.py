@@ -18,8 +18,8 @@ from matplotlib.patches import Patch
 from . import metrics as M
 from .callbacks import live_widgets
 from .checkpoints import load_checkpoint
-from .arena import (benchmark_name, chance_level, check_results, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note, figure_png, img_html,
-                           table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows)
+from .arena import check_results, collect, summarize_runs, plot_arena, report_cells, REPORT_HEADER, STD_NOTE, data_note
+from .reports import benchmark_name, chance_level, figure_png, img_html, table_html, fmt, run_figures, run_summary_rows, acc_matrix_rows
 
 # %% auto #0
 __all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'broken_reason',

@@ -24,6 +24,7 @@ from . import metrics as M
 from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, \
     STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable
 from .rundirs import unstarted
+from .reports import run_summary_html
 from .data.base import ChunkedBatches, TensorBatches
 from .algorithms.base import TaskData
 from .algorithms.fastpath import configure_speed
@@ -515,7 +516,7 @@ def results_sha256(m: dict) -> str:
     return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()
 
 def write_results(out: dict, run_dir: Path, algo=None):
-    "Write `acc_matrix.csv`, the plots and finally `metrics.json` (with its `results_sha256`) into `run_dir`."
+    "Write `acc_matrix.csv`, the plots, `metrics.json` (with its `results_sha256`) and then `summary.html` into `run_dir`."
     R = M.rows_to_matrix(out["acc_matrix"])
     atomic_write(run_dir / "acc_matrix.csv", "\n".join(",".join("" if np.isnan(v) else f"{v:.6f}" for v in row) for row in R) + "\n")
     label = plot_label(out)
@@ -526,6 +527,7 @@ def write_results(out: dict, run_dir: Path, algo=None):
         buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110); atomic_write(run_dir / name, buf.getvalue())
     atomic_write(run_dir / "metrics.json", _json(dict(out, results_sha256=results_sha256(out))))
     (run_dir / "progress.json").unlink(missing_ok=True)
+    run_summary_html(run_dir)  # the run's page (the reports chapter): every run has one, not only an arena's
 
 # %% ../nbs/07_loop.ipynb #634a19cc
 def show_figure(fig):
