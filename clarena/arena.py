@@ -411,12 +411,12 @@ def default_sweep() -> str:
                       f"  = {n} runs into <paths.log_dir>/arena/default (arena.name=default)"])
 
 def main():
-    "Entry point of `clarena-arena`: always a Hydra multirun (a league with `preset=<name>`); exit status 1 if any of its runs failed (they are listed in the report)."
+    "A plain arena, `clarena-arena` without `preset=` (`clarena.league.main` dispatches): always a Hydra multirun; exit status 1 if any of its runs failed (they are listed in the report)."
     from clarena.train import run_cli, SweepReport, cli_help
     preset = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("preset=")), None)
-    if preset is not None:  # a league from a preset (the league chapter)
-        from clarena.league import league_main
-        sys.exit(league_main(preset, [a for a in sys.argv[1:] if not a.startswith("preset=")]))
+    if preset is not None:  # a league is the league chapter's: `clarena-arena` is `clarena.league:main`, which comes here without one
+        print("clarena: configuration error: preset= is read by clarena.league:main, the clarena-arena entry point "
+              "(an install made before it still points clarena-arena at clarena.arena:main: reinstall clarena)", file=sys.stderr); sys.exit(2)
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(cli_help("arena", "clarena-arena") + "\n\n" + default_sweep()); sys.exit(0)
     if not any(a in ("-m", "--multirun") for a in sys.argv[1:]): sys.argv.insert(1, "--multirun")

@@ -21,7 +21,7 @@ from .core import ConfigError, DataError, check_choice
 __all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'presets', 'load_preset', 'shrink_preset', 'algorithm_class',
            'data_at_hand', 'run_hparams', 'preset_configs', 'run_league', 'train_steps', 'league_rows', 'league_table',
            'league_markdown', 'plot_league', 'order_verdict', 'check_orders', 'orders_markdown', 'protocol_table',
-           'protocol_markdown', 'load_selected', 'league_options', 'dry_run_listing', 'league_main']
+           'protocol_markdown', 'load_selected', 'league_options', 'dry_run_listing', 'league_main', 'main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -350,3 +350,13 @@ def league_main(preset: str, args: list) -> int:
         print(f"clarena: {report['failed']} of {len(report['rows'])} league runs failed (listed in {arena_dir / 'report.md'})", file=sys.stderr)
         return 1
     return 0
+
+def main():
+    """Entry point of `clarena-arena`: with `preset=<name>` the preset's league (`league_main`), else a plain arena (`clarena.arena.main`).
+    The dispatch lives here, above both: the league runs its jobs through the arena, so the arena imports nothing of the league."""
+    import sys
+    from clarena.arena import main as arena_main
+    preset = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("preset=")), None)
+    if preset is None: return arena_main()
+    sys.exit(league_main(preset, [a for a in sys.argv[1:] if not a.startswith("preset=")]))
+
