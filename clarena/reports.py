@@ -20,11 +20,20 @@ __all__ = ['DATASET_NAMES', 'PAGE_CSS', 'FIRST_FIGURES', 'benchmark_name', 'chan
 # %% ../nbs/10r_reports.ipynb #c8be6ee1
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tinyimagenet": "Tiny ImageNet"}
 
+def _dataset_name(d) -> str:
+    "A dataset as papers write it: a row of the table by its name, an image folder (a call to `image_folder`) by the name it was given."
+    if isinstance(d, str): return DATASET_NAMES.get(d, d)
+    return str(d.get("name", "an image folder")) if hasattr(d, "get") else str(d)
+
 def benchmark_name(cfg) -> str:
-    "A readable name of the benchmark a config builds, as its papers write it, e.g. `Permuted MNIST (TIL, 10 tasks)`, `Split Fashion-MNIST (CIL, 5 tasks)`."
-    kind = cfg["data"]["_target_"].rsplit(".", 1)[-1].replace("DataModule", "")
-    dataset = DATASET_NAMES.get(cfg["data"]["dataset"], cfg["data"]["dataset"])
-    return f"{kind} {dataset} ({cfg['data']['scenario']}, {cfg['data']['num_tasks']} tasks)"
+    """A readable name of the benchmark a config builds, as its papers write it, e.g. `Permuted MNIST (TIL, 10 tasks)`, `Split Fashion-MNIST (CIL, 5 tasks)`;
+    a sequence of datasets (`parts`, the HAT paper's CIFAR) names each, an image folder its name."""
+    d = cfg["data"]
+    kind = d["_target_"].rsplit(".", 1)[-1].replace("DataModule", "").replace("Sequence", "")
+    parts = d.get("parts") or [d]
+    dataset = " then ".join(_dataset_name(p.get("dataset", "?")) for p in parts)
+    num_tasks = d.get("num_tasks") or sum(p.get("num_tasks", 0) for p in parts)
+    return f"{kind} {dataset} ({d.get('scenario', '?')}, {num_tasks} tasks)"
 
 def chance_level(cfg) -> float | None:
     "The accuracy of a uniform guess on a task where it is the same for every task (TIL, DIL); None in CIL (it falls as classes are seen)."

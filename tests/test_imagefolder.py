@@ -14,7 +14,7 @@ from PIL import Image
 
 from clarena.core import DataError
 from clarena.data.imagefolder import DiskImages, decode_image, image_folder
-from clarena.data.sources import load_source
+from clarena.data.base import load_source
 from clarena.loop import run_experiment
 from clarena.train import compose_config
 

@@ -6,17 +6,55 @@ Docs: https://clarena-dev.github.io/clarena/data.html.md"""
 
 # %% ../../nbs/01_data.ipynb #a8e7a17b
 from __future__ import annotations
+import os
+from pathlib import Path
+
 import torch
 import lightning as L
 
-from ..core import ConfigError, check_choice, check_positive_int
+from ..core import ConfigError, DataError, check_choice, check_positive_int
 from .sources import *  # re-exported: `clarena.data.base` stays an import path for every data name
 from .batches import *
-from .sources import DATASETS, SourceData, load_source
+from .sources import DATASETS, SOURCES, SourceData, _load_idx_dir, _load_torchvision, load_bundled_mnist, torchvision_folder
+from .imagefolder import load_image_folder
 from .batches import TaskView, TensorBatches, crop_flip, host_dataloader
 
 # %% auto #0
-__all__ = ['check_val_size', 'CLDataModule']
+__all__ = ['load_source', 'check_val_size', 'CLDataModule']
+
+# %% ../../nbs/01_data.ipynb #37ac482e
+def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "auto", download: bool = False,
+                verify_checksums: bool = True) -> SourceData:
+    "Load `dataset` as uint8 tensors from the first place `source` allows that has it."
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("data source", source, SOURCES)
+    info, root, looked = DATASETS[dataset], Path(root).expanduser(), []
+    if info.folder is not None:
+        if source not in ("auto", "imagefolder"):
+            raise ConfigError(f"{dataset} is an image folder: data.source must be auto or imagefolder, got {source!r}")
+        return load_image_folder(dataset, root)
+    if source == "imagefolder": raise ConfigError(f"{dataset} is not an image folder: data.source=imagefolder is for rows with a folder")
+    if source in ("auto", "torchvision"):
+        got = _load_torchvision(dataset, root, download, verify_checksums)
+        if got is not None: return got
+        looked.append(f"{torchvision_folder(dataset, root)} (torchvision layout{', download failed' if download else ''})")
+    if source in ("auto", "idx") and info.shape[0] == 1:
+        got = _load_idx_dir(dataset, root, verify_checksums)
+        if got is not None: return got
+        looked.append(f"{root} (the four IDX files)")
+    if source in ("auto", "system"):
+        for d in info.system_dirs:
+            got = _load_idx_dir(dataset, Path(d), verify_checksums, "idx")
+            if got is not None: return got
+            looked.append(f"{d} (IDX .gz files)")
+    if source in ("auto", "bundled") and info.bundled:
+        return load_bundled_mnist()
+    if source == "bundled":
+        raise ConfigError(f"no bundled sample of {dataset!r}; only {[k for k, v in DATASETS.items() if v.bundled]} ship with clarena")
+    hint = "; ".join(looked)
+    how = f"put the files in {torchvision_folder(dataset, root)} or set data.download=true where there is a network"
+    if dataset == "fashion_mnist": how += ", or install Debian's package: apt-get install dataset-fashion-mnist"
+    raise DataError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
 
 # %% ../../nbs/01_data.ipynb #5e1a7c0d
 def check_val_size(val_size) -> float | int:

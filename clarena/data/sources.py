@@ -18,7 +18,7 @@ from ..core import ConfigError, DataError, check_choice
 
 # %% auto #0
 __all__ = ['CHECKSUMS', 'DATASETS', 'SOURCES', 'BUNDLED_TEST_SIZE', 'read_idx', 'DatasetInfo', 'SourceData', 'load_bundled_mnist',
-           'torchvision_folder', 'load_source']
+           'torchvision_folder']
 
 # %% ../../nbs/01d_sources.ipynb #94584ce2
 CHECKSUMS = {  # md5 of official files: "gz" as published, "raw" of the decompressed IDX content
@@ -205,38 +205,3 @@ def _load_torchvision(name: str, root: Path, download: bool, verify_checksums: b
     return SourceData(name, _to_nchw(as_np(tr.data)), _labels(tr.targets), _to_nchw(as_np(te.data)), _labels(te.targets),
                       f"torchvision:{torchvision_folder(name, root).resolve()}"
                       + ("" if verify_checksums else " (checksums not verified)"))
-
-# %% ../../nbs/01d_sources.ipynb #37ac482d
-def load_source(dataset: str, root: str | os.PathLike = "data", source: str = "auto", download: bool = False,
-                verify_checksums: bool = True) -> SourceData:
-    "Load `dataset` as uint8 tensors from the first place `source` allows that has it."
-    check_choice("dataset", dataset, DATASETS)
-    check_choice("data source", source, SOURCES)
-    info, root, looked = DATASETS[dataset], Path(root).expanduser(), []
-    if info.folder is not None:
-        if source not in ("auto", "imagefolder"):
-            raise ConfigError(f"{dataset} is an image folder: data.source must be auto or imagefolder, got {source!r}")
-        from clarena.data.imagefolder import load_image_folder  # here, not at the top: that module builds on this one
-        return load_image_folder(dataset, root)
-    if source == "imagefolder": raise ConfigError(f"{dataset} is not an image folder: data.source=imagefolder is for rows with a folder")
-    if source in ("auto", "torchvision"):
-        got = _load_torchvision(dataset, root, download, verify_checksums)
-        if got is not None: return got
-        looked.append(f"{torchvision_folder(dataset, root)} (torchvision layout{', download failed' if download else ''})")
-    if source in ("auto", "idx") and info.shape[0] == 1:
-        got = _load_idx_dir(dataset, root, verify_checksums)
-        if got is not None: return got
-        looked.append(f"{root} (the four IDX files)")
-    if source in ("auto", "system"):
-        for d in info.system_dirs:
-            got = _load_idx_dir(dataset, Path(d), verify_checksums, "idx")
-            if got is not None: return got
-            looked.append(f"{d} (IDX .gz files)")
-    if source in ("auto", "bundled") and info.bundled:
-        return load_bundled_mnist()
-    if source == "bundled":
-        raise ConfigError(f"no bundled sample of {dataset!r}; only {[k for k, v in DATASETS.items() if v.bundled]} ship with clarena")
-    hint = "; ".join(looked)
-    how = f"put the files in {torchvision_folder(dataset, root)} or set data.download=true where there is a network"
-    if dataset == "fashion_mnist": how += ", or install Debian's package: apt-get install dataset-fashion-mnist"
-    raise DataError(f"no {dataset} data found. Looked in: {hint}. To provide it: {how}.")
