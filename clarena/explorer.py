@@ -23,8 +23,9 @@ from .reports import benchmark_name, chance_level, figure_png, img_html, table_h
 
 # %% auto #0
 __all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'broken_reason',
-           'run_label', 'run_markdown', 'RunMetrics', 'show_run', 'hat_masks', 'mask_states', 'plot_task_masks',
-           'run_view_figures', 'run_view_html', 'arena_view_html', 'Explorer', 'explore']
+           'run_label', 'run_markdown', 'RunMetrics', 'show_run', 'filter_runs', 'compare_runs', 'csv_curves',
+           'plot_csv_curves', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures', 'run_view_html',
+           'arena_view_html', 'Explorer', 'explore']
 
 # %% ../nbs/11_explorer.ipynb #e1a0c006
 def project_root(start=None) -> Path:
@@ -91,6 +92,58 @@ def show_run(run_dir, figures: bool = True) -> RunMetrics:
     if figures:
         for p in run_figures(run_dir): display(Image(filename=str(p)))
     return RunMetrics(m)
+
+# %% ../nbs/11_explorer.ipynb #e1a0c0c2
+def filter_runs(path, algorithm: str | None = None, benchmark: str | None = None, seed: int | None = None) -> list[Path]:
+    "The finished runs at `path` (`find_runs`; broken ones left out) of `algorithm` (its name, any case), on a `benchmark` whose readable name holds this text (any case), with `seed`; None matches every run."
+    out = []
+    for d in find_runs(path):
+        if broken_reason(d): continue
+        m = json.loads((d / "metrics.json").read_text())
+        c = m.get("config") or {}
+        bench = benchmark_name(c) if "data" in c else str(m.get("scenario", ""))
+        if algorithm is not None and str(m.get("algorithm", "")).lower() != str(algorithm).lower(): continue
+        if benchmark is not None and str(benchmark).lower() not in bench.lower(): continue
+        if seed is not None and m.get("seed") != int(seed): continue
+        out.append(d)
+    return out
+
+def compare_runs(runs, label: str = "") -> Figure:
+    "Several runs' average accuracy after each task in one figure, one curve a run (named by `run_label`); `runs`: run directories, or a folder to find them in."
+    runs = find_runs(runs) if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    if not runs: raise ValueError("no runs to compare: the filter matched none")
+    ms = [(d, json.loads((d / "metrics.json").read_text())) for d in runs]
+    chances = {chance_level(m.get("config")) for _, m in ms}
+    return M.plot_avg_acc({run_label(d, m): m["avg_acc"] for d, m in ms}, label, chances.pop() if len(chances) == 1 else None)
+
+def csv_curves(run_dir) -> dict:
+    "The run's training and validation curves from its Lightning CSV logs (`csv/task_<t>/metrics.csv`): metric -> (steps, values), the tasks one after another on one step axis."
+    import csv as _csv
+    files = sorted((Path(run_dir) / "csv").glob("task_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    curves, offset = {}, 0
+    for f in files:
+        last = 0
+        for row in _csv.DictReader(f.open()):
+            step = int(float(row.get("step") or 0)); last = max(last, step + 1)
+            for k, v in row.items():
+                if k in ("epoch", "step") or v in ("", None): continue
+                xs, ys = curves.setdefault(k, ([], []))
+                xs.append(offset + step); ys.append(float(v))
+        offset += last
+    return curves
+
+def plot_csv_curves(run_dir, label: str = "") -> Figure:
+    "The run's curves from its CSV logs (`csv_curves`): losses on the left, accuracies on the right, training and validation each a line."
+    curves = csv_curves(run_dir)
+    if not curves: raise FileNotFoundError(f"{run_dir} holds no CSV logs (csv/task_<t>/metrics.csv): the run was made with another logger")
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, kind in zip(axes, ("loss", "acc")):
+        for k, (xs, ys) in sorted(curves.items()):
+            if k.rsplit("/", 1)[-1].startswith(kind): ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k)
+        ax.set(xlabel="step (tasks one after another)", ylabel=kind, title=label)
+        if ax.lines: ax.legend(fontsize=8)
+    return fig
 
 # %% ../nbs/11_explorer.ipynb #e1a0c010
 def hat_masks(run_dir) -> list | None:

@@ -153,3 +153,31 @@ def test_in_a_kernel_a_notebook_frontend_gets_the_widget_and_nbclient_the_static
         assert any("application/vnd.jupyter.widget-view+json" in d for d in live)
     finally:
         kc.stop_channels(); km.shutdown_kernel(now=True)
+
+
+def test_filter_and_compare_runs(arena):
+    from clarena.explorer import compare_runs, filter_runs, run_label
+    runs = filter_runs(arena)
+    assert len(runs) == 2
+    (hat,) = filter_runs(arena, algorithm="hat", benchmark="split mnist", seed=0)
+    assert hat == runs_by_algorithm(arena)["HAT"]
+    assert filter_runs(arena, seed=1) == [] and filter_runs(arena, benchmark="permuted") == [] and filter_runs(arena, algorithm="EWC") == []
+    fig = compare_runs(runs)
+    labels = [l.get_label() for l in fig.axes[0].get_lines() if not l.get_label().startswith("_")]
+    assert set(labels) >= {run_label(d) for d in runs}  # one curve a run, named by it
+    with pytest.raises(ValueError, match="no runs to compare"):
+        compare_runs(filter_runs(arena, seed=1))
+
+
+def test_csv_curves_put_the_tasks_one_after_another(arena):
+    from clarena.explorer import csv_curves, plot_csv_curves
+    run = runs_by_algorithm(arena)["HAT"]
+    curves = csv_curves(run)
+    val = [k for k in curves if k.startswith("val/")]
+    assert val, list(curves)
+    steps = curves[val[0]][0]
+    per_task = [sum(1 for _ in open(f)) - 1 for f in sorted((run / "csv").glob("task_*/metrics.csv"))]
+    assert len(per_task) == 2 and steps == sorted(steps) and len(set(steps)) > 1  # task 1's points after task 0's
+    assert any(ax.lines for ax in plot_csv_curves(run).axes)
+    with pytest.raises(FileNotFoundError, match="no CSV logs"):
+        plot_csv_curves(arena)  # not a run
