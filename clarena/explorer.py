@@ -25,7 +25,7 @@ from .reports import benchmark_name, chance_level, figure_png, img_html, table_h
 __all__ = ['MASK_COLOURS', 'MASK_STATES', 'ARENA', 'project_root', 'default_log_dir', 'find_runs', 'is_arena', 'broken_reason',
            'run_label', 'run_markdown', 'RunMetrics', 'show_run', 'filter_runs', 'compare_runs', 'csv_curves',
            'plot_csv_curves', 'hat_masks', 'mask_states', 'plot_task_masks', 'run_view_figures', 'run_view_html',
-           'arena_view_html', 'Explorer', 'explore']
+           'arena_view_html', 'run_facts', 'Explorer', 'explore']
 
 # %% ../nbs/11_explorer.ipynb #e1a0c006
 def project_root(start=None) -> Path:
@@ -233,22 +233,44 @@ def _show_view(choice: str):
         display(W.VBox([task, W.interactive_output(lambda task_id: _show_figure(plot_task_masks(masks, task_id, f"({m['algorithm']}, seed {m['seed']})")),
                                                    {"task_id": task})]))
 
+def run_facts(run_dir) -> dict:
+    "A finished run's algorithm, benchmark (its readable name) and seed, what the explorer filters by; {} for a broken run."
+    if broken_reason(run_dir): return {}
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    c = m.get("config") or {}
+    return {"algorithm": str(m.get("algorithm")), "benchmark": benchmark_name(c) if "data" in c else str(m.get("scenario")), "seed": str(m.get("seed"))}
+
 class Explorer:
-    "The explorer's widget (a `Dropdown` of views and the chosen view), displayed with its first view as static HTML for viewers without widgets."
-    def __init__(self, options: list, first_html: str):
+    """The explorer's widget: filters (algorithm, benchmark, seed: a dropdown each, "all" first) above a `Dropdown` of the views they leave
+    and the chosen view; displayed with its first view as static HTML for viewers without widgets."""
+    def __init__(self, options: list, first_html: str, facts: dict | None = None):
         import ipywidgets as W
+        self.options, self.facts = options, facts or {}
         self.choice = W.Dropdown(options=options, description="view", layout=W.Layout(width="95%"))
-        self.widget = W.VBox([self.choice, W.interactive_output(_show_view, {"choice": self.choice})])
+        values = lambda k: ["all"] + sorted({f[k] for f in self.facts.values() if f}, key=lambda v: (len(v), v))
+        self.filters = {k: W.Dropdown(options=values(k), value="all", description=k) for k in ("algorithm", "benchmark", "seed")}
+        for f in self.filters.values(): f.observe(lambda _: self.refilter(), names="value")
+        self.widget = W.VBox([W.HBox(list(self.filters.values())), self.choice, W.interactive_output(_show_view, {"choice": self.choice})])
         self.first_html = first_html
+    def refilter(self):
+        "Leave in the view dropdown the arena's view and the runs that match every filter."
+        want = {k: f.value for k, f in self.filters.items() if f.value != "all"}
+        keep = [(label, v) for label, v in self.options
+                if v.startswith(ARENA) or all(self.facts.get(v, {}).get(k) == w for k, w in want.items())]
+        self.choice.options = keep
     def _repr_mimebundle_(self, **kwargs):
         return {**self.widget._repr_mimebundle_(**kwargs), "text/html": self.first_html}
 
-def explore(path=None, static: bool | None = None, max_runs: int = 8):
-    "Look at a run, an arena or every run under a log directory (default: `default_log_dir()`): interactive where a widget frontend is connected, else (or with `static=True`) every view displayed as static output."
+def explore(path=None, static: bool | None = None, max_runs: int = 8, algorithm: str | None = None, benchmark: str | None = None,
+            seed: int | None = None):
+    """Look at a run, an arena or every run under a log directory (default: `default_log_dir()`): interactive where a widget frontend is connected, else (or with `static=True`) every view displayed as static output.
+    `algorithm`, `benchmark`, `seed`: only the runs they match (`filter_runs`); the widget has a dropdown for each as well."""
     from IPython.display import HTML, display
     path = Path(path).expanduser() if path else default_log_dir()
-    runs = find_runs(path)
-    if not runs: raise FileNotFoundError(f"no finished run (metrics.json and config.yaml) under {path}")
+    filtered = (algorithm, benchmark, seed) != (None, None, None)
+    runs = filter_runs(path, algorithm, benchmark, seed) if filtered else find_runs(path)
+    if not runs: raise FileNotFoundError(f"no finished run (metrics.json and config.yaml) under {path}"
+                                         + (f" of algorithm={algorithm}, benchmark={benchmark}, seed={seed}" if filtered else ""))
     arena = is_arena(path)
     if static is None: static = not live_widgets()
     if static:
@@ -257,6 +279,6 @@ def explore(path=None, static: bool | None = None, max_runs: int = 8):
         if len(runs) > max_runs: parts.append(f"<p><em>{len(runs) - max_runs} more runs under {html.escape(str(path))}: explore(path, max_runs=...) or explore(run_dir)</em></p>")
         display(HTML("\n".join(parts))); return None
     options = ([(f"{ARENA} ({path.name}, {len(runs)} runs)", f"{ARENA} {path}")] if arena else []) + [(run_label(d), str(d)) for d in runs]
-    ex = Explorer(options, arena_view_html(path) if arena else run_view_html(runs[0]))
+    ex = Explorer(options, arena_view_html(path) if arena else run_view_html(runs[0]), {str(d): run_facts(d) for d in runs})
     display(ex)
     return ex

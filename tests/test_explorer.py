@@ -181,3 +181,21 @@ def test_csv_curves_put_the_tasks_one_after_another(arena):
     assert any(ax.lines for ax in plot_csv_curves(run).axes)
     with pytest.raises(FileNotFoundError, match="no CSV logs"):
         plot_csv_curves(arena)  # not a run
+
+
+def test_explore_filters_by_argument_and_by_its_dropdowns(arena, monkeypatch):
+    from IPython.utils.capture import capture_output
+    import clarena.explorer as E
+    monkeypatch.setattr(E, "live_widgets", lambda: True)
+    runs = runs_by_algorithm(arena)
+    with capture_output():
+        ex = E.explore(arena)
+        only = E.explore(arena, algorithm="HAT", seed=0)
+    assert [v for _, v in only.choice.options[1:]] == [str(runs["HAT"])]
+    assert ex.filters["algorithm"].options == ("all", "HAT", "Finetuning") and ex.filters["seed"].options == ("all", "0")
+    ex.filters["algorithm"].value = "Finetuning"  # the dropdown narrows the views
+    assert [v for _, v in ex.choice.options] == [ex.options[0][1], str(runs["Finetuning"])]
+    ex.filters["algorithm"].value = "all"
+    assert len(ex.choice.options) == 3
+    with pytest.raises(FileNotFoundError, match="seed=7"):
+        E.explore(arena, seed=7)
