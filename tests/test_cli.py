@@ -164,7 +164,7 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path, no_data_root):
 PROBE = """import sys
 entry, *args = sys.argv[1:]
 module, _, name = entry.partition(":")
-sys.argv = ["clarena-" + {"clarena.train": "train", "clarena.evaluate": name.removesuffix("_main"), "clarena.arena": "arena"}[module], *args]
+sys.argv = ["clarena-" + {"clarena.train": "train", "clarena.evaluate": name.removesuffix("_main"), "clarena.arena": "arena", "clarena.league": "arena"}[module], *args]
 main = getattr(__import__(module, fromlist=[name]), name)
 try: main()
 except SystemExit as e: print("exit", e.code, "lightning" in sys.modules, "torch" in sys.modules)
@@ -186,6 +186,7 @@ except SystemExit as e: print("exit", e.code, "lightning" in sys.modules, "torch
     ("clarena.evaluate:predict_main", ["ckpt_path=x.ckpt", "num_samples=0"], 2, "num_samples must be an integer >= 1, got 0"),
     ("clarena.arena:main", ["--help"], 0, "model/algorithm"),
     ("clarena.arena:main", ["data.num_tasks=-1"], 2, "data.num_tasks must be an integer >= 1, got -1"),
+    ("clarena.league:main", ["--help"], 0, "model/algorithm"),  # the clarena-arena entry point: a plain arena without preset=
 ])
 def test_help_and_bad_input_answer_before_lightning_is_imported(tmp_path, entry, args, code, message):
     r = subprocess.run([sys.executable, "-c", PROBE, entry, *args], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
