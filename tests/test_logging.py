@@ -50,7 +50,7 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     rows = list(csv.DictReader(open(run_dir / "csv" / "cl" / "metrics.csv")))
     assert [int(r["step"]) for r in rows if r["cl/avg_acc"]] == [0, 1]
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "clarena")
-    assert f"task 1: accuracy on tasks 0..1 = {[round(a, 4) for a in R[1]]}" in text
+    assert f"task 1 (2/2): accuracy on tasks 0..1 = {[round(a, 4) for a in R[1]]} [elapsed " in text
     assert "after task |  task 0  task 1" in text and f"final: average accuracy {m['final_avg_acc']:.4f}, BWT {m['bwt']:.4f}, FWT n/a" in text
 
 

@@ -1,0 +1,47 @@
+"""What a run prints on the console: each task's place in the sequence with the elapsed and remaining time, and the labels of
+runs that run at once in an arena."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from clarena.loop import task_timing
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = ["data.num_tasks=3", "trainer.limit_train_batches=3", "measure_fwt=false", "trainer.enable_progress_bar=false"]
+TASK_LINE = re.compile(r"task (\d) \((\d)/(\d)\): accuracy on tasks 0\.\.\d = \[[^\]]*\] \[elapsed (\d+)s, remaining ~(\d+)s\]")
+
+
+def test_task_timing_worked_values():
+    assert task_timing(2, 5, 60) == "elapsed 1m00s, remaining ~1m30s"  # 30 s a task, 3 left
+    assert task_timing(3, 4, 3 * 1200) == "elapsed 1h00m, remaining ~20m00s"
+    assert task_timing(4, 4, 10) == "elapsed 10s, remaining ~0s"
+    assert task_timing(0, 4, 0) == "elapsed 0s, remaining unknown"
+
+
+def test_three_task_run_prints_place_and_times(tmp_path, no_data_root):
+    r = subprocess.run([sys.executable, "-m", "clarena.train", "experiment=smnist_til_finetuning", *TINY, f"paths.data_dir={no_data_root}",
+                        f"paths.output_dir={tmp_path / 'run'}"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    lines = [TASK_LINE.search(l) for l in r.stdout.splitlines() if "accuracy on tasks" in l]
+    assert all(lines) and [m.group(1, 2, 3) for m in lines] == [("0", "1", "3"), ("1", "2", "3"), ("2", "3", "3")], lines
+    elapsed = [int(m.group(4)) for m in lines]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= round(out["total_wall_s"]) + 1 and lines[-1].group(5) == "0"
+
+
+def test_parallel_arena_runs_label_their_lines(tmp_path):
+    args = [str(BIN / "clarena-arena"), "model/algorithm=finetuning", "seed=0,1", "data=split_mnist", "data.num_tasks=2",
+            "trainer.limit_train_batches=3", "measure_fwt=false", "trainer.enable_progress_bar=false", "hydra.launcher.n_jobs=2",
+            f"paths.data_dir={tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}", "arena.name=t"]
+    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = r.stdout + r.stderr
+    lines = [l for l in text.splitlines() if "accuracy on tasks" in l]
+    assert len(lines) == 4, text[-3000:]  # 2 runs x 2 tasks
+    labels = [re.search(r"\[Finetuning seed (\d) [0-9a-f]{6}\] task \d \(\d/2\)", l) for l in lines]
+    assert all(labels), lines
+    assert sorted(m.group(1) for m in labels) == ["0", "0", "1", "1"]
