@@ -17,7 +17,7 @@ from tqdm.std import tqdm as text_tqdm
 # %% auto #0
 __all__ = ['RUN_LABEL', 'run_label', 'live_widgets', 'live_display', 'LineBar', 'StepProgressBar', 'PatienceLR', 'ProfilerReport']
 
-# %% ../nbs/05b_callbacks.ipynb #612cbcc8
+# %% ../nbs/05b_callbacks.ipynb #3ffc03c2
 RUN_LABEL = ""  # what each console line of the run in this process starts with: set by `run_label`
 
 class _Label(logging.Filter):
