@@ -45,3 +45,22 @@ def test_parallel_arena_runs_label_their_lines(tmp_path):
     labels = [re.search(r"\[Finetuning seed (\d) [0-9a-f]{6}\] task \d \(\d/2\)", l) for l in lines]
     assert all(labels), lines
     assert sorted(m.group(1) for m in labels) == ["0", "0", "1", "1"]
+
+
+def _label_in_child(q):
+    from omegaconf import OmegaConf
+    from clarena.arena import job_label
+    q.put(job_label(OmegaConf.create({"model": {"algorithm": {"_target_": "clarena.algorithms.er.ER"}}, "seed": 1}), "3fa2c1d0e9b8"))
+
+
+def test_job_label_only_in_a_worker_process():
+    import multiprocessing
+    from omegaconf import OmegaConf
+    from clarena.arena import job_label
+    cfg = OmegaConf.create({"model": {"algorithm": {"_target_": "clarena.algorithms.er.ER"}}, "seed": 1})
+    assert job_label(cfg, "3fa2c1d0e9b8") == ""  # n_jobs=1: the run in the sweep's own process prints as it did
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_label_in_child, args=(q,))
+    p.start(); label = q.get(timeout=120); p.join()
+    assert label == "[ER seed 1 3fa2c1] "
