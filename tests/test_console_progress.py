@@ -64,3 +64,29 @@ def test_job_label_only_in_a_worker_process():
     p = ctx.Process(target=_label_in_child, args=(q,))
     p.start(); label = q.get(timeout=120); p.join()
     assert label == "[ER seed 1 3fa2c1] "
+
+
+def test_resumed_run_counts_the_time_recorded_before_the_resume(tmp_path, no_data_root, caplog, monkeypatch):
+    import logging
+    import shutil
+    import clarena.loop as loop
+    from clarena.train import compose_config, resume_config
+    run_dir = tmp_path / "whole"
+    loop.run_experiment(compose_config(None, ["experiment=smnist_til_finetuning", *TINY, f"paths.data_dir={no_data_root}", f"paths.output_dir={run_dir}"]))
+    killed = tmp_path / "killed"  # as if killed during task 1: task 0's checkpoint is the last
+    shutil.copytree(run_dir, killed)
+    (killed / "metrics.json").unlink()
+    for t in (1, 2): (killed / "checkpoints" / f"task_{t}.ckpt").unlink(); shutil.rmtree(killed / "csv" / f"task_{t}", ignore_errors=True)
+    resume_point = loop._resume_point
+    def long_before(*a, **k):  # the part before the resume took 10 minutes
+        first, progress, step = resume_point(*a, **k)
+        return first, dict(progress, total_wall_s=600.0), step
+    monkeypatch.setattr(loop, "_resume_point", long_before)
+    with caplog.at_level(logging.INFO, logger="clarena"):
+        out = loop.run_experiment(resume_config(killed))
+    assert out["resumed_at_task"] == 1
+    lines = [r.getMessage() for r in caplog.records if "accuracy on tasks" in r.getMessage()]
+    # task 1 (2/3): 600 s and a little, 2 tasks done, 1 left: ~300 s remaining; task 2 (3/3): none left
+    m = re.search(r"task 1 \(2/3\): .* \[elapsed 10m0(\d)s, remaining ~5m0(\d)s\]", lines[0])
+    assert m, lines
+    assert re.search(r"task 2 \(3/3\): .* \[elapsed 10m\d\ds, remaining ~0s\]", lines[1]), lines
