@@ -25,10 +25,10 @@ log = logging.getLogger("clarena")
 
 # %% auto #0
 __all__ = ['log', 'VOLATILE_KEYS', 'VOLATILE_TRAINER_KEYS', 'LOCATION_KEYS', 'REPORT_METRICS', 'REPORT_HEADER', 'STD_NOTE',
-           'identity_config', 'run_identity', 'same_data', 'arena_job', 'check_results', 'collect', 'MeanStd',
-           'mean_std', 'settings', 'group_runs', 'summarize_runs', 'report_cells', 'data_note', 'report_markdown',
-           'plot_arena', 'write_report', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena', 'ArenaLock',
-           'ArenaReport', 'default_sweep', 'main']
+           'identity_config', 'run_identity', 'same_data', 'job_label', 'arena_job', 'check_results', 'collect',
+           'MeanStd', 'mean_std', 'settings', 'group_runs', 'summarize_runs', 'report_cells', 'data_note',
+           'report_markdown', 'plot_arena', 'write_report', 'report_html', 'lock_arena', 'unlock_arena', 'run_arena',
+           'ArenaLock', 'ArenaReport', 'default_sweep', 'main']
 
 # %% ../nbs/10_arena.ipynb #b4a312e1
 VOLATILE_KEYS = ("paths", "arena", "resume", "overwrite", "checkpoint", "tags", "hydra")
@@ -76,9 +76,18 @@ def _record_failure(cfg: DictConfig, rid: str, run_dir: Path | None, error: str,
     log.error("arena: run %s failed: %s", rid, error)
     print(f"[clarena-arena] {rid} failed: {error}", flush=True)
 
+def job_label(cfg: DictConfig, rid: str) -> str:
+    """What each console line of run `cfg` (identity `rid`) starts with when it runs beside others in worker processes
+    (joblib's loky: `hydra.launcher.n_jobs` > 1, a league's `n_jobs`), e.g. `[ER seed 1 3fa2c1] `; alone, in this process: nothing."""
+    import multiprocessing
+    if multiprocessing.parent_process() is None: return ""
+    algo = str(OmegaConf.select(cfg, "model.algorithm._target_", default="run")).rsplit(".", 1)[-1]
+    return f"[{algo} seed {cfg.get('seed')} {rid[:6]}] "
+
 def arena_job(cfg: DictConfig) -> float | None:
     "Run `cfg` as one arena run (skipped if already finished, resumed if stopped); return its final average accuracy, None if it failed."
     from clarena.loop import run_experiment  # torch and Lightning: not at import, so clarena-arena answers --help and bad input at once
+    from clarena.callbacks import run_label
     rid = run_identity(cfg)
     run_dir = Path(cfg.arena.dir) / "runs" / rid
     if (run_dir / "metrics.json").exists():
@@ -105,7 +114,7 @@ def arena_job(cfg: DictConfig) -> float | None:
     else:  # failed, or stopped before its first checkpoint: start it afresh
         OmegaConf.update(cfg, "overwrite", True, force_add=True)
     try:
-        return run_experiment(cfg)["final_avg_acc"]
+        with run_label(job_label(cfg, rid)): return run_experiment(cfg)["final_avg_acc"]
     except Exception as e:  # a failed run is reported, not fatal to the sweep
         _record_failure(cfg, rid, run_dir, f"{type(e).__name__}: {e}", traceback.format_exc())
         return None

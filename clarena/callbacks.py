@@ -6,7 +6,8 @@ Docs: https://clarena-dev.github.io/clarena/callbacks.html.md"""
 
 # %% ../nbs/05b_callbacks.ipynb #992e2440
 from __future__ import annotations
-import math, sys
+import logging, math, sys
+from contextlib import contextmanager
 from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -14,7 +15,26 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm.std import tqdm as text_tqdm
 
 # %% auto #0
-__all__ = ['live_widgets', 'live_display', 'LineBar', 'StepProgressBar', 'PatienceLR', 'ProfilerReport']
+__all__ = ['RUN_LABEL', 'run_label', 'live_widgets', 'live_display', 'LineBar', 'StepProgressBar', 'PatienceLR', 'ProfilerReport']
+
+# %% ../nbs/05b_callbacks.ipynb #3ffc03c2
+RUN_LABEL = ""  # what each console line of the run in this process starts with: set by `run_label`
+
+class _Label(logging.Filter):
+    def filter(self, record):
+        if RUN_LABEL and not getattr(record, "_labelled", False):
+            record.msg, record._labelled = RUN_LABEL + str(record.msg), True
+        return True
+
+@contextmanager
+def run_label(label: str):
+    "While it lasts, the `clarena` logger's lines and the progress bar's description start with `label` (empty: unchanged)."
+    global RUN_LABEL
+    before, lg, f = RUN_LABEL, logging.getLogger("clarena"), _Label()
+    RUN_LABEL = label
+    lg.addFilter(f)
+    try: yield
+    finally: RUN_LABEL = before; lg.removeFilter(f)
 
 # %% ../nbs/05b_callbacks.ipynb #f28aa9af
 def live_widgets() -> bool:
@@ -90,8 +110,9 @@ class StepProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         chunks = self._chunked(trainer)
         if chunks is not None: self.train_progress_bar.total = chunks.num_batches  # training steps, not chunks
-        task = getattr(pl_module, "task_id", None)
-        self.train_progress_bar.set_description((f"task {task} " if task is not None else "") + f"epoch {trainer.current_epoch}")
+        task, n = getattr(pl_module, "task_id", None), getattr(pl_module, "num_tasks", None)
+        where = "" if task is None else f"task {task} ({task + 1}/{n}) " if n else f"task {task} "
+        self.train_progress_bar.set_description(RUN_LABEL + where + f"epoch {trainer.current_epoch}")
 
     def _line_mark(self, trainer, n: int, total) -> int:
         "How many of the task's `lines` are due after `n` steps of this epoch (spread over every epoch when their number is known)."

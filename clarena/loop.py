@@ -37,8 +37,8 @@ log = logging.getLogger("clarena")
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
            'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
            'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'check_finite_model',
-           'console_log', 'format_matrix', 'format_final', 'RunReport', 'plot_label', 'results_sha256', 'write_results',
-           'show_figure', 'load_metrics']
+           'console_log', 'format_matrix', 'duration', 'task_timing', 'format_final', 'RunReport', 'plot_label',
+           'results_sha256', 'write_results', 'show_figure', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -319,6 +319,7 @@ def run_experiment(cfg: DictConfig) -> dict:
 def _run_experiment(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # before build: the initial weights come from the seed
     dm, algo = build(cfg)
+    algo.num_tasks = dm.num_tasks  # the progress bar's `task 1 (2/5)`
     t_data = time.perf_counter()
     dm.setup()  # load (and check) the data before the run directory is written, and before the clock starts
     data_load_s = time.perf_counter() - t_data
@@ -384,7 +385,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
                 (run_dir / "checkpoints" / STEP_CHECKPOINT).unlink(missing_ok=True)  # the task's checkpoint supersedes it
                 atomic_write(run_dir / "progress.json", _json(dict(finished=False, tasks_done=t + 1, num_tasks=dm.num_tasks, **progress)))
                 if report is None: report = RunReport(cfg, run_dir, config, progress["acc_matrix"][:-1])  # process 0 only
-                report.task_done(t, progress["acc_matrix"][-1])
+                report.task_done(t, progress["acc_matrix"][-1], dm.num_tasks, progress["total_wall_s"])
             if signals is not None and signals.received is not None and t + 1 < dm.num_tasks:
                 signals.stop(f"task {t}'s checkpoint written; resume with: clarena-train resume={run_dir}")
     finally:
@@ -470,6 +471,18 @@ def format_matrix(acc_rows: list) -> str:
     head = "after task | " + " ".join(f"{f'task {j}':>7}" for j in range(T))
     return "\n".join([head, "-" * len(head)] + [f"{i:>10} | " + " ".join(f"{a:7.4f}" for a in row) for i, row in enumerate(acc_rows)])
 
+def duration(s: float) -> str:
+    "Seconds as a person reads them: `45s`, `1m30s`, `2h05m`."
+    s = max(0, round(s))
+    if s < 60: return f"{s}s"
+    if s < 3600: return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+def task_timing(done: int, total: int, elapsed_s: float) -> str:
+    "The run's elapsed time after `done` of `total` tasks, and the time left: the mean time of a finished task times the tasks left."
+    left = elapsed_s / done * (total - done) if done else None
+    return f"elapsed {duration(elapsed_s)}, " + (f"remaining ~{duration(left)}" if left is not None else "remaining unknown")
+
 def format_final(out: dict) -> str:
     "The final metrics in one line, rounded (a metric that was not measured says so)."
     names = dict(final_avg_acc="average accuracy", bwt="BWT", fwt="FWT", forgetting="forgetting", final_val_avg_acc="validation average accuracy")
@@ -491,8 +504,11 @@ class RunReport:
     def log_metrics(self, metrics: dict, step: int):
         for lg in self.loggers: lg.log_metrics(metrics, step=step); lg.save()
 
-    def task_done(self, task_id: int, row: list):
-        log.info("task %d: accuracy on tasks 0..%d = %s", task_id, task_id, [round(a, 4) for a in row])
+    def task_done(self, task_id: int, row: list, num_tasks: int | None = None, elapsed_s: float | None = None):
+        "Task `task_id`'s line: its place in the sequence, its accuracies, the run's elapsed time (a resumed run's earlier parts too) and the time left."
+        where = f" ({task_id + 1}/{num_tasks})" if num_tasks else ""
+        when = f" [{task_timing(task_id + 1, num_tasks, elapsed_s)}]" if num_tasks and elapsed_s is not None else ""
+        log.info("task %d%s: accuracy on tasks 0..%d = %s%s", task_id, where, task_id, [round(a, 4) for a in row], when)
         self.log_metrics(self.task_metrics(row), task_id)
 
     def finish(self, out: dict):

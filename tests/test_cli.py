@@ -144,7 +144,7 @@ def test_ddp_two_processes_on_cpu(tmp_path, no_data_root):
     # the same SGD updates and the whole test set, so the matrix is that of one process (up to float rounding)
     for r_ddp, r_one in zip(m_ddp["acc_matrix"], m_one["acc_matrix"]):
         assert all(abs(a - b) < 0.005 for a, b in zip(r_ddp, r_one)), (m_ddp["acc_matrix"], m_one["acc_matrix"])
-    assert ddp.stdout.count("task 1: accuracy on tasks 0..1") == 1  # results reported and written by process 0 only
+    assert ddp.stdout.count("task 1 (2/2): accuracy on tasks 0..1") == 1  # results reported and written by process 0 only
     assert len(list((tmp_path / "ddp").rglob("metrics.json"))) == 1
 
 

@@ -28,13 +28,15 @@ def test_parameters_cells_survive_cleaning_and_are_listed():
 
 def test_papermill_run_equals_the_cli_run(tmp_path):
     overrides = [*SMALL, "seed=3", f"paths.data_dir={tmp_path / 'none'}"]
-    r = subprocess.run([str(BIN / "papermill"), str(EXP / "experiment.ipynb"), str(tmp_path / "out.ipynb"), "-p", "experiment", "smnist_cil_finetuning",
+    (tmp_path / "nb").mkdir()  # the executed notebook away from the working directory: metrics.json must go beside it
+    r = subprocess.run([str(BIN / "papermill"), "--inject-output-path", str(EXP / "experiment.ipynb"), str(tmp_path / "nb" / "out.ipynb"), "-p", "experiment", "smnist_cil_finetuning",
                         "-p", "overrides", json.dumps(overrides), "-p", "log_dir", str(tmp_path / "logs"), "--no-progress-bar"],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((tmp_path / "metrics.json").read_text())  # beside the executed notebook
+    m = json.loads((tmp_path / "nb" / "metrics.json").read_text())  # beside the executed notebook
+    assert not (tmp_path / "metrics.json").exists()  # not in the working directory
     assert m["seed"] == 3 and m["num_tasks"] == 2 and m["scenario"] == "CIL"  # the -p overrides took effect
-    assert pngs(tmp_path / "out.ipynb") >= 3  # the plots are inline
+    assert pngs(tmp_path / "nb" / "out.ipynb") >= 3  # the plots are inline
     c = subprocess.run([sys.executable, "-m", "clarena.train", "experiment=smnist_cil_finetuning", *overrides, f"paths.output_dir={tmp_path / 'cli'}"],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
     assert c.returncode == 0, c.stderr[-3000:]

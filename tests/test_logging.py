@@ -50,7 +50,7 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     rows = list(csv.DictReader(open(run_dir / "csv" / "cl" / "metrics.csv")))
     assert [int(r["step"]) for r in rows if r["cl/avg_acc"]] == [0, 1]
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "clarena")
-    assert f"task 1: accuracy on tasks 0..1 = {[round(a, 4) for a in R[1]]}" in text
+    assert f"task 1 (2/2): accuracy on tasks 0..1 = {[round(a, 4) for a in R[1]]} [elapsed " in text
     assert "after task |  task 0  task 1" in text and f"final: average accuracy {m['final_avg_acc']:.4f}, BWT {m['bwt']:.4f}, FWT n/a" in text
 
 
@@ -68,6 +68,6 @@ def test_validation_at_its_training_step_with_and_without_chunks_progress_bar_an
     assert val_rows(chunks, 1) == val_rows(one, 1) and val_rows(chunks, 0) == val_rows(one, 0)
     # the progress bar counts training steps (20 a task, in chunks of 8, 8 and 4) at steps/s, without Lightning's v_num
     out = capsys.readouterr().out.replace("\r", "\n")
-    assert "20/20 [" in out and "steps/s" in out and "task 1 epoch 1" in out and "v_num" not in out, out[-2000:]
+    assert "20/20 [" in out and "steps/s" in out and "task 1 (2/2) epoch 1" in out and "v_num" not in out, out[-2000:]
     # a checkpoint callback from the config is accepted and saves
     assert list((chunks / "csv").rglob("*.ckpt")), sorted(p.relative_to(chunks) for p in chunks.rglob("*"))
