@@ -10,7 +10,9 @@ import pytest
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
 from clarena.train import compose_config
+from clarena.train import resume_config
 from conftest import resumes_after_task
+from test_algorithms import MID_TASK, Killed
 
 
 def test_xder_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_root):
@@ -25,6 +27,12 @@ def test_xder_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_dat
     one = run("one", "speed.steps_per_call=1")
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
     resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
+    # killed within task 1 (one step per Lightning step, a step checkpoint every 4), resumed from its last step checkpoint
+    with pytest.raises(Killed): run("mid", *MID_TASK)
+    assert not (tmp_path / "mid" / "checkpoints" / "task_1.ckpt").exists()
+    mid = run_experiment(resume_config(tmp_path / "mid"))
+    assert mid["resumed_at_task"] == 1
+    assert mid["acc_matrix"] == whole["acc_matrix"] and mid["loss_matrix"] == whole["loss_matrix"]  # bit for bit
 
 
 @pytest.mark.parametrize("overrides, message", [
