@@ -133,3 +133,23 @@ def test_markdown_cells_are_not_commented_out():
             if c["cell_type"] == "markdown" and len(lines) > 1 and all(l.startswith("#") for l in lines if l.strip()) and "#" in lines:
                 bad.append(f"{nb.relative_to(NBS)}: {lines[0][:60]}")
     assert not bad, bad
+
+
+def _private_paths(nb_path):
+    "The cells of a notebook whose source names a developer's machine (`/work/...`, `/root/...`)."
+    nb = json.loads(Path(nb_path).read_text())
+    return [i for i, c in enumerate(nb["cells"]) if re.search(r"(?<![\w.~])/(work|root)/", "".join(c["source"]))]
+
+
+def test_private_path_check_can_fail(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": ['arena_dir = "/work/arena_runs/x"\n']},
+                    {"cell_type": "code", "source": ['arena_dir = "~/clarena-logs/arena/x"\n']}]}
+    (tmp_path / "x.ipynb").write_text(json.dumps(nb))
+    assert _private_paths(tmp_path / "x.ipynb") == [0]
+
+
+def test_no_committed_notebook_names_a_developers_path():
+    "Reports and chapters are published: their cells name neutral paths (`~/clarena-logs/...`), never `/work/` or `/root/`."
+    bad = {str(p.relative_to(ROOT)): cells for p in sorted([*NBS.rglob("*.ipynb"), *(ROOT / "reports").rglob("*.ipynb")])
+           if ".ipynb_checkpoints" not in p.parts and (cells := _private_paths(p))}
+    assert not bad, bad
