@@ -54,6 +54,7 @@ def code_commit() -> str:
 
 # %% ../nbs/07_loop.ipynb #2fafb29f
 from .core import check_config, check_targets
+from .loggers import is_run_level
 
 def make(node, what: str, **kwargs):
     "Hydra's `instantiate` of a registered `_target_` (else a `ConfigError`, before anything is imported), with a `ConfigError` raised inside a constructor passed on as itself."
@@ -138,6 +139,7 @@ def make_logger(node, run_dir: Path, version: str):
     params = inspect.signature(cls.__init__).parameters
     kw = {k: v.replace("{run_dir}", str(run_dir)) for k, v in node.items() if isinstance(v, str) and "{run_dir}" in v}
     if "save_dir" in params: kw["save_dir"] = str(Path(run_dir) / (node.get("save_dir") or ""))
+    if "run_dir" in params: kw["run_dir"] = str(run_dir)  # a run-level logger (see the loggers chapter)
     name = NAME_ARGS.get(cls.__name__, "version")
     if name in params: kw[name] = version
     return make(node, f"logger {cls.__name__}", **kw)
@@ -145,7 +147,7 @@ def make_logger(node, run_dir: Path, version: str):
 def make_trainer(cfg: DictConfig, run_dir: Path, task_id: int, log: bool = True) -> L.Trainer:
     "The Lightning `Trainer` for task `task_id` (`log=False`: no loggers, so task `task_id`'s logs stay as they are)."
     from lightning.pytorch.callbacks import Checkpoint, ProgressBar
-    loggers = [make_logger(c, run_dir, f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c and log]
+    loggers = [make_logger(c, run_dir, f"task_{task_id}") for c in (cfg.get("logger") or {}).values() if c and log and not is_run_level(c.get("_target_"))]
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [make(c, f"callback {c.get('_target_')}") for c in (cfg.get("callbacks") or {}).values() if c]
     if kw.get("enable_progress_bar") is False: callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -342,7 +344,10 @@ def _run_experiment(cfg: DictConfig) -> dict:
     # the wall time of the parts before a resume (up to their last checkpoint); checkpoints from before it was recorded: the tasks' own
     before = progress.get("total_wall_s", sum(progress["task_wall_s"])) if resume else 0.0
     references = load_reference_runs(cfg, dm)  # before training: a wrong reference is bad input
-    start, trainer, report = time.perf_counter(), None, None
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    # the loggers' set-up (an MLflow store's creation) before the timer starts: not part of the run's wall time
+    report = RunReport(cfg, run_dir, config, progress["acc_matrix"]) if getattr(rank_zero_only, "rank", 0) == 0 else None
+    start, trainer = time.perf_counter(), None
     # preemption (SIGTERM, SIGUSR1, SIGUSR2): stop at the next step boundary with a step checkpoint (see the checkpoints chapter)
     signals = PreemptionSignals().install() if step_options["on_signal"] else None
     try:
@@ -492,6 +497,7 @@ class RunReport:
     "A run's per-task lines and final table through `logging`; its continual-learning metrics and hyperparameters through one instance of each configured Lightning logger for the whole run (version `cl`)."
     def __init__(self, cfg: DictConfig, run_dir: Path, config: dict, earlier_rows: list = ()):
         self.loggers = [make_logger(c, run_dir, "cl") for c in (cfg.get("logger") or {}).values() if c]
+        self.run_dir = run_dir
         self.config = config
         for lg in self.loggers:
             if "metrics" not in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(config)
@@ -518,6 +524,7 @@ class RunReport:
         self.log_metrics(final, out["num_tasks"] - 1)
         for lg in self.loggers:
             if "metrics" in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(self.config, final)  # TensorBoard's HPARAMS
+            if hasattr(lg, "log_run"): lg.log_run(out, self.run_dir)  # a run-level logger: tags and artifacts
             lg.finalize("success")
 
 # %% ../nbs/07_loop.ipynb #db8b1266

@@ -1,0 +1,45 @@
+"""Loggers that compare runs: one MLflow run per clarena run in a store shared under the log directory, tagged and with its results
+as artifacts, its set-up outside the recorded wall time."""
+import time
+from pathlib import Path
+
+import pytest
+
+from clarena.loop import run_experiment
+from clarena.train import compose_config
+
+QUICK = ["experiment=smnist_til_finetuning", "data.num_tasks=2", "trainer.limit_train_batches=3", "measure_fwt=false",
+         "trainer.enable_progress_bar=false"]
+
+
+def test_two_runs_share_one_mlflow_store_and_compare(tmp_path, no_data_root):
+    pytest.importorskip("mlflow")
+    import mlflow
+    logs, start = tmp_path / "logs", time.time()
+    outs = {}
+    for algo in ("finetuning", "lwf"):
+        cfg = compose_config(None, [*QUICK, f"model/algorithm={algo}", "logger=mlflow", f"paths.data_dir={no_data_root}",
+                                    f"paths.log_dir={logs}", f"paths.output_dir={tmp_path / algo}"])
+        outs[algo] = run_experiment(cfg)
+    uri = f"sqlite:///{logs.resolve()}/mlflow.db"
+    assert not (Path.cwd() / "mlruns").exists() or (Path.cwd() / "mlruns").stat().st_mtime < start  # artifacts beside the store
+    assert (logs / "mlflow.db").exists() and not [p for a in ("finetuning", "lwf") for p in (tmp_path / a).rglob("mlflow.db")]  # one store, shared, not one per run
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["smnist_til_finetuning"], output_format="list")
+    assert len(runs) == 2  # one MLflow run per clarena run (no task_<t> runs)
+    tags = [r.data.tags for r in runs]
+    assert {t["algorithm"] for t in tags} == {m["algorithm"] for m in outs.values()} and {t["seed"] for t in tags} == {"0"}
+    assert {t["run_dir"] for t in tags} == {m["run_dir"] for m in outs.values()} and {t["scenario"] for t in tags} == {outs["lwf"]["scenario"]}
+    client = mlflow.tracking.MlflowClient(uri)
+    for m in outs.values():
+        found = mlflow.search_runs(experiment_names=["smnist_til_finetuning"], filter_string=f"tags.algorithm = '{m['algorithm']}'", output_format="list")
+        assert len(found) == 1
+        r = found[0]
+        assert abs(r.data.metrics["cl/final_avg_acc"] - m["final_avg_acc"]) < 1e-6 and r.info.status == "FINISHED"
+        hist = client.get_metric_history(r.info.run_id, "cl/avg_acc")
+        assert [(h.step, round(h.value, 6)) for h in hist] == [(t, round(m["avg_acc"][t], 6)) for t in range(2)]  # tasks as steps
+        assert len(client.get_metric_history(r.info.run_id, "cl/final_avg_acc")) == 1  # final metrics once
+        arts = {f.path for f in client.list_artifacts(r.info.run_id)}
+        assert {"metrics.json", "acc_matrix.csv"} <= arts and any(p.endswith(".png") for p in arts)
+        assert r.data.params["seed"] == "0" and not any(k.startswith("callbacks") for k in r.data.params)  # curated hyperparameters
+        assert float(r.data.tags["setup_s"]) > 0
