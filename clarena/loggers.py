@@ -29,7 +29,7 @@ def _flat(d, prefix=""):
         else: out[f"{prefix}{k}"] = v
     return out
 
-CURATED = ("model.algorithm", "model.backbone", "data", "optimizer", "seed", "experiment_name", "trainer.max_epochs", "trainer.max_steps")
+CURATED = ("model.algorithm", "model.backbone", "data", "model.optimizer", "optimizer", "seed", "experiment_name", "trainer.max_epochs", "trainer.max_steps")
 
 def curated_params(config: dict) -> dict:
     "The hyperparameters a researcher reads: the algorithm and its parameters, the backbone, the data, the optimizer, the seed (no callbacks, paths or trainer plumbing)."

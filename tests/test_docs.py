@@ -160,7 +160,7 @@ def test_no_committed_notebook_names_a_developers_path():
 # marked `#| exec_doc`, or says why it is not run with a comment line `# not run in the docs: <reason>`.
 NOT_RUN = "# not run in the docs:"
 _SHOWS = re.compile(r"^\s*(print|display|explore|plt\.\w+|show_(?!doc)\w*|plot_\w*)\s*\(|^\s*[\w.\[\]\"']+\.(show|plot\w*)\s*\(", re.M)
-PENDING = {"11_explorer.ipynb"}  # owned by the explorer work (issue 23): its display cells are marked there
+PENDING = set()  # chapters whose display cells are still to be marked (none)
 
 
 def _unmarked_display_cells(nb_path):

@@ -23,7 +23,7 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     from mlflow.tracking import MlflowClient
     with caplog.at_level(logging.INFO, logger="clarena"):
         m, run_dir = run(tmp_path, no_data_root, "logger=mlflow", "+logger.tensorboard._target_=lightning.pytorch.loggers.TensorBoardLogger",
-                         "+logger.tensorboard.name=tensorboard")
+                         "+logger.tensorboard.name=tensorboard", f"paths.log_dir={tmp_path / 'logs'}")
     R = m["acc_matrix"]
     # TensorBoard: one curve over tasks (version cl), each task's accuracy, the final metrics, the config as hyperparameters
     ea = EventAccumulator(str(run_dir / "tensorboard" / "cl")).Reload()
@@ -36,13 +36,15 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     session = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
                    if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
     assert session.hparams["seed"].number_value == 0 and session.hparams["data/num_tasks"].number_value == 2
-    # MLflow (a local store in the run directory): the CL run with its curves, final metrics and the config as parameters
-    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
+    # MLflow (one run per clarena run, in the store shared under paths.log_dir): its curves, final metrics, curated parameters
+    client = MlflowClient(f"sqlite:///{tmp_path / 'logs'}/mlflow.db")
     exp = client.get_experiment_by_name("smnist_til_finetuning")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"cl", "task_0", "task_1"}
-    cl = runs["cl"]
-    assert cl.data.params["seed"] == "0" and cl.data.params["data/num_tasks"] == "2" and cl.info.status == "FINISHED"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and not (run_dir / "mlflow.db").exists()
+    cl = runs[0]
+    assert cl.data.params["seed"] == "0" and cl.data.params["data.num_tasks"] == "2" and cl.info.status == "FINISHED"
+    assert "model.optimizer.lr" in cl.data.params and not any(k.startswith(("callbacks", "paths")) for k in cl.data.params)
+    assert cl.data.tags["algorithm"] == m["algorithm"] and cl.data.tags["seed"] == "0"
     assert [(h.step, round(h.value, 6)) for h in client.get_metric_history(cl.info.run_id, "cl/avg_acc")] == \
         [(t, round(m["avg_acc"][t], 6)) for t in range(2)]
     assert abs(cl.data.metrics["cl/final_avg_acc"] - m["final_avg_acc"]) < 1e-6 and "cl/forgetting" in cl.data.metrics
