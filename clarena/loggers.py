@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import register
 
 # %% auto #0
-__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun']
+__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun', 'curated_config']
 
 # %% ../nbs/07c_loggers.ipynb #b59f8770
 RUN_LEVEL = set()  # loggers the loop builds once per run (never per task's Trainer)
@@ -80,3 +80,14 @@ class MLflowRun:
 
     def finalize(self, status: str = "success"):
         self.client.set_terminated(self.run_id, "FINISHED" if status == "success" else "FAILED")
+
+def curated_config(config: dict) -> dict:
+    "`config` cut to what `curated_params` keeps, still nested (TensorBoard's hyperparameters: `model/algorithm/alpha`, `data/num_tasks`, `seed`)."
+    out = {}
+    for k, v in curated_params(config).items():
+        *parents, leaf = k.split(".")
+        node = out
+        for p in parents: node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+

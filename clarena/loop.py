@@ -54,7 +54,7 @@ def code_commit() -> str:
 
 # %% ../nbs/07_loop.ipynb #2fafb29f
 from .core import check_config, check_targets
-from .loggers import is_run_level
+from .loggers import is_run_level, curated_config
 
 def make(node, what: str, **kwargs):
     "Hydra's `instantiate` of a registered `_target_` (else a `ConfigError`, before anything is imported), with a `ConfigError` raised inside a constructor passed on as itself."
@@ -499,8 +499,8 @@ class RunReport:
         self.loggers = [make_logger(c, run_dir, "cl") for c in (cfg.get("logger") or {}).values() if c]
         self.run_dir = run_dir
         self.config = config
-        for lg in self.loggers:
-            if "metrics" not in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(config)
+        for lg in self.loggers:  # the hyperparameters a researcher reads (algorithm, backbone, data, optimizer, seed), not the plumbing
+            if "metrics" not in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(curated_config(config))
         for t, row in enumerate(earlier_rows): self.log_metrics(self.task_metrics(row), t)  # a resumed run's earlier tasks
 
     @staticmethod
@@ -521,9 +521,14 @@ class RunReport:
         log.info("accuracy matrix (accuracy on task j after training task i):\n%s", format_matrix(out["acc_matrix"]))
         log.info("final: %s", format_final(out))
         final = {f"cl/{k}": float(out[k]) for k in ("final_avg_acc", "bwt", "fwt", "forgetting", "final_val_avg_acc") if _number(out.get(k))}
-        self.log_metrics(final, out["num_tasks"] - 1)
         for lg in self.loggers:
-            if "metrics" in inspect.signature(lg.log_hyperparams).parameters: lg.log_hyperparams(self.config, final)  # TensorBoard's HPARAMS
+            if "metrics" in inspect.signature(lg.log_hyperparams).parameters:  # TensorBoard: the final metrics once, with the HPARAMS
+                lg.log_hyperparams(curated_config(self.config), final)
+                if hasattr(getattr(lg, "experiment", None), "add_figure"):  # the accuracy matrix as an image
+                    lg.experiment.add_figure("cl/acc_matrix", M.plot_acc_matrix(M.rows_to_matrix(out["acc_matrix"]), plot_label(out)), out["num_tasks"] - 1)
+            else: lg.log_metrics(final, step=out["num_tasks"] - 1)
+            lg.save()
+        for lg in self.loggers:
             if hasattr(lg, "log_run"): lg.log_run(out, self.run_dir)  # a run-level logger: tags and artifacts
             lg.finalize("success")
 

@@ -36,6 +36,9 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     session = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info for c in content.values()
                    if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
     assert session.hparams["seed"].number_value == 0 and session.hparams["data/num_tasks"].number_value == 2
+    assert "model/optimizer/lr" in session.hparams and not any(k.startswith(("callbacks", "paths", "trainer/callbacks")) for k in session.hparams)
+    assert len(ea.Scalars("cl/final_avg_acc")) == 1 and len(ea.Scalars("cl/bwt")) == 1  # the final metrics once
+    assert "cl/acc_matrix" in ea.Tags()["images"]  # the accuracy matrix as an image
     # MLflow (one run per clarena run, in the store shared under paths.log_dir): its curves, final metrics, curated parameters
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs'}/mlflow.db")
     exp = client.get_experiment_by_name("smnist_til_finetuning")
