@@ -384,6 +384,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
             progress["acc_matrix"].append([res[j][0] if j in res else math.nan for j in range(t + 1)])
             progress["loss_matrix"].append([res[j][1] if j in res else math.nan for j in range(t + 1)])
             progress["algorithm_report"].append(algo.task_report(t))
+            progress.setdefault("capacity_per_task", []).append(algo.capacity())  # None where the method defines none
             if trainer.is_global_zero:
                 progress["total_wall_s"] = before + time.perf_counter() - start
                 save_checkpoint(run_dir / "checkpoints" / f"task_{t}.ckpt", algo, config, progress, data)
@@ -415,6 +416,8 @@ def _run_experiment(cfg: DictConfig) -> dict:
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
                algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)
+    caps = progress.get("capacity_per_task") or []
+    if len(caps) == dm.num_tasks and all(c is not None for c in caps): out["capacity_per_task"] = caps  # one entry per task, after it
     if dm.data_is_sample:
         out["note"] = ("trained and tested on the bundled MNIST sample (the official 10,000-digit test set split 8000/2000): "
                        "not comparable with papers that train on the full 60,000 training images")

@@ -111,3 +111,18 @@ def test_hat_protocol_hat_forgets_nothing(tmp_path):
     assert run_league(p, tmp_path / "arena", n_jobs=1, overrides=ov)["failed"] == 0
     t = {x["algorithm"]: x for x in protocol_table(p, league_rows(tmp_path / "arena", p, ov))}
     assert t["HAT"]["bwt"] == 0.0 and t["Finetuning"]["bwt"] <= 0.0
+
+
+@needs_fashion
+def test_hat_protocol_report_shows_capacity_beside_accuracy(tmp_path):
+    args = [str(BIN / "papermill"), str(ROOT / "nbs" / "experiments" / "protocol_report.ipynb"), str(tmp_path / "report.ipynb"),
+            "-p", "preset", "hat_protocol", "-p", "arena_dir", str(tmp_path / "arena"), "-p", "n_jobs", "1",
+            "-p", "overrides", json.dumps([*TINY, "trainer.limit_train_batches=5", f"paths.data_dir={tmp_path / 'none'}"]), "-p", "seeds", "[0]",
+            "-p", "only_benchmarks", '["Permuted FMNIST TIL"]', "-p", "only_algorithms", '["Finetuning", "EWC", "HAT", "PackNet"]', "--no-progress-bar"]
+    r = subprocess.run(args, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = "".join("".join(o.get("data", {}).get("text/markdown", "")) + "".join(o.get("text", ""))
+                  for c in json.loads((tmp_path / "report.ipynb").read_text())["cells"] for o in c.get("outputs", []))
+    assert "| capacity after each task | final avg acc |" in out, out[-3000:]
+    assert "| Permuted FMNIST TIL | HAT | units | 1 |" in out and "| Permuted FMNIST TIL | PackNet | parameters | 1 |" in out
+    assert "| EWC |" not in out.split("capacity after each task")[1]  # EWC defines no capacity

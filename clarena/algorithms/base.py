@@ -180,6 +180,17 @@ class CLAlgorithm(L.LightningModule):
     def on_task_end(self, task_id: int, data: TaskData): pass
     def check_optimizer(self, optimizer: torch.optim.Optimizer): pass
     def task_report(self, task_id: int) -> dict: return {}
+
+    def capacity(self) -> dict | None:
+        "The capacity the tasks so far have taken, after a task: `dict(unit='units'|'parameters', per_layer=[fraction...], overall=fraction)`, each in [0, 1]. None: the method defines none. The loop writes it to `metrics.json` as `capacity_per_task`."
+        return None
+
+    @staticmethod
+    def capacity_of(unit: str, taken: list) -> dict:
+        "`capacity()`'s dict from one boolean tensor per layer (True: taken): the fraction per layer, and overall over all the layers' entries."
+        per = [float(m.float().mean()) for m in taken]
+        n = sum(m.numel() for m in taken)
+        return dict(unit=unit, per_layer=per, overall=float(sum(float(m.float().sum()) for m in taken) / n) if n else 0.0)
     def figures(self, metrics: dict) -> dict: return {}
     # ---- per training step ----
     def before_step(self, batch_idx: int, num_batches: int): pass

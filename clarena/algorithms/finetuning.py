@@ -13,3 +13,6 @@ from .base import CLAlgorithm
 # %% ../../nbs/05a_finetuning.ipynb #5b50d970
 class Finetuning(CLAlgorithm):
     "Train each task in turn with nothing to protect earlier tasks (the lower bound)."
+    def capacity(self) -> dict:
+        "Protected capacity, in parameters: every task uses the whole backbone and none of it is kept for a task, so 0 per layer and overall."
+        return self.capacity_of("parameters", [p.new_zeros(p.shape).bool() for p in self.backbone.parameters()])

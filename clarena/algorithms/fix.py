@@ -18,6 +18,10 @@ class Fix(CLAlgorithm):
     def on_task_start(self, task_id, data):
         self.backbone.requires_grad_(task_id == 0)  # also on resume: derived from the task, nothing to save
 
+    def capacity(self) -> dict:
+        "Protected capacity, in parameters: task 0 takes the whole backbone and it is frozen from then on, so 1 per layer and overall after every task."
+        return self.capacity_of("parameters", [p.new_ones(p.shape).bool() for p in self.backbone.parameters()])
+
     @property
     def frozen(self) -> bool: return self.task_id is not None and self.task_id > 0
 

@@ -156,6 +156,10 @@ class HAT(CLAlgorithm):
             for p, e in zip(self.cum_masks, self.embeddings[task_id]): p.copy_(torch.maximum(p, torch.sigmoid(self.s_max * e)))
 
     # ---- what HAT shows ----
+    def capacity(self) -> dict:
+        "Units: per gated layer, the fraction whose cumulative mask (the max over the tasks' masks) exceeds 0.5, i.e. that the tasks so far hold and protect."
+        return self.capacity_of("units", [p > 0.5 for p in self.cum_masks])
+
     def task_report(self, task_id: int) -> dict:
         "The fraction of each layer's units this task uses, and all tasks so far use (gate > 0.5)."
         with torch.no_grad():

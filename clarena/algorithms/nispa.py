@@ -203,6 +203,10 @@ class NISPA(CLAlgorithm):
             module.weight.data[plastic] = torch.randn(int(plastic.sum()), generator=generator).to(module.weight) * std
 
     # ---- what NISPA shows ----
+    def capacity(self) -> dict:
+        "Units: per layer, the fraction of units stable (frozen for the tasks so far)."
+        return self.capacity_of("units", [s.bool() for s in self.stables])
+
     def task_report(self, task_id: int) -> dict:
         "Per layer: the fraction of units stable after this task, and the connection density (constant: the rewiring keeps it)."
         return dict(task_id=task_id, stable_units=[float(s.float().mean()) for s in self.stables],

@@ -165,6 +165,10 @@ class PackNet(CLAlgorithm):
         finally: self.train(was_training)
 
     # ---- what PackNet shows ----
+    def capacity(self) -> dict:
+        "Parameters: per pruned weight tensor, the fraction some task owns (no longer free), frozen from now on."
+        return self.capacity_of("parameters", [o != FREE for o in self.owners])
+
     def task_report(self, task_id: int) -> dict:
         "Per weight tensor: the fraction this task owns, and the fraction still free."
         return dict(task_id=task_id, task_capacity=[float((o == task_id).float().mean()) for o in self.owners],

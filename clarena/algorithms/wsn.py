@@ -120,6 +120,10 @@ class WSN(CLAlgorithm):
             u |= m.bool()
 
     # ---- what WSN shows ----
+    def capacity(self) -> dict:
+        "Parameters: per masked tensor, the fraction of weights some task's subnetwork uses (frozen from now on)."
+        return self.capacity_of("parameters", [u.bool() for u in self.used])
+
     def task_report(self, task_id: int) -> dict:
         "Per masked tensor: the density of this task's mask, and the fraction of weights all tasks so far use (frozen from now on)."
         return dict(task_id=task_id, task_density=[float(m.float().mean()) for m in self.task_masks(task_id)],
