@@ -17,6 +17,7 @@ def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
         src = "".join(c["source"]).strip()
         if not src or src.startswith("#| hide"):
             continue
+        if c["cell_type"] == "markdown": src = src.replace("](images/", "](nbs/images/")  # the docs' images, from the repository's root
         parts.append(src if c["cell_type"] == "markdown" else f"```python\n{src}\n```")
     return "\n\n".join(parts) + "\n"
 
