@@ -11,7 +11,7 @@ from pathlib import Path
 from .core import register
 
 # %% auto #0
-__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun', 'curated_config']
+__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun', 'curated_config', 'WandbRun']
 
 # %% ../nbs/07c_loggers.ipynb #b59f8770
 RUN_LEVEL = set()  # loggers the loop builds once per run (never per task's Trainer)
@@ -90,4 +90,33 @@ def curated_config(config: dict) -> dict:
         for p in parents: node = node.setdefault(p, {})
         node[leaf] = v
     return out
+
+
+# %% ../nbs/07c_loggers.ipynb #3d7f1e89
+@run_level
+class WandbRun:
+    "One W&B run for a whole clarena run: tasks as steps, grouped by arena, tags, figures and final metrics (see above)."
+    def __init__(self, run_dir, project: str = "clarena", group: str | None = None, offline: bool = True, run_name: str | None = None):
+        import os, wandb
+        t0 = time.perf_counter()
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run_dir = Path(run_dir)
+        self.run = wandb.init(project=project, group=group, name=run_name or self.run_dir.name, dir=str(self.run_dir), reinit="create_new",
+                              mode="offline" if offline else "online", settings=wandb.Settings(console="off"))
+        self.setup_s = time.perf_counter() - t0  # outside the run's recorded wall time, as MLflow's
+
+    def log_hyperparams(self, config: dict): self.run.config.update(curated_params(config), allow_val_change=True)
+    def log_metrics(self, metrics: dict, step: int): self.run.log(dict(metrics), step=step)
+    def save(self): pass
+
+    def log_run(self, out: dict, run_dir):
+        "Tags, the final metrics in the summary, the run's figures as images (called once the loop has written them)."
+        import wandb
+        self.run.tags = tuple(str(v) for v in (out.get("algorithm"), out.get("data_source"), out.get("scenario"), f"seed {out.get('seed')}") if v is not None)
+        for k in ("final_avg_acc", "bwt", "fwt", "forgetting", "final_val_avg_acc"):
+            if isinstance(out.get(k), (int, float)): self.run.summary[f"cl/{k}"] = out[k]
+        figures = {f"figures/{p.stem}": wandb.Image(str(p)) for p in sorted(Path(run_dir).glob("*.png"))}
+        if figures: self.run.log(figures, step=out["num_tasks"] - 1)
+
+    def finalize(self, status: str = "success"): self.run.finish(exit_code=0 if status == "success" else 1)
 

@@ -43,3 +43,23 @@ def test_two_runs_share_one_mlflow_store_and_compare(tmp_path, no_data_root):
         assert {"metrics.json", "acc_matrix.csv"} <= arts and any(p.endswith(".png") for p in arts)
         assert r.data.params["seed"] == "0" and not any(k.startswith("callbacks") for k in r.data.params)  # curated hyperparameters
         assert float(r.data.tags["setup_s"]) > 0
+
+
+def test_wandb_offline_one_run_per_clarena_run_grouped_by_arena(tmp_path, no_data_root):
+    "logger=wandb: one offline W&B run per clarena run, its config the curated hyperparameters, the tasks as steps, the final metrics in its summary."
+    pytest.importorskip("wandb")
+    import json
+    from clarena.loop import run_experiment
+    from clarena.train import compose_config
+    cfg = compose_config(None, ["experiment=smnist_til_finetuning", "data.num_tasks=2", "trainer.limit_train_batches=3", "measure_fwt=false",
+                                "trainer.enable_progress_bar=false", "logger=wandb", f"paths.data_dir={no_data_root}",
+                                f"paths.output_dir={tmp_path / 'run'}"])
+    m = run_experiment(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # not one per task
+    # the offline run's record (protobuf; wandb 0.2x+ writes no summary or config files offline): its keys and values are in it as text
+    log = next(runs[0].glob("*.wandb")).read_bytes()
+    for key in (b"cl/avg_acc", b"cl/acc_task_1", b"cl/final_avg_acc", b"model.optimizer.lr", b"figures/acc_matrix", b"smnist_til_finetuning",
+                m["algorithm"].encode(), b"seed 0"):
+        assert key in log, key
+    assert b"callbacks" not in log and b"paths." not in log  # the curated hyperparameters only
