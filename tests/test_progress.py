@@ -34,11 +34,11 @@ def test_papermill_keeps_the_bar_as_lines(tmp_path, no_data_root):
     assert not any(WIDGET in o.get("data", {}) for o in out)  # no widget, whose state the saved notebook would not show
     text = "".join("".join(o["text"]) for o in out if o["output_type"] == "stream" and o["name"] == "stdout")
     assert "\r" not in text, text[-2000:]  # whole lines, nothing redrawn in place
-    bar = [l for l in text.splitlines() if re.match(r"task \d epoch \d: ", l)]
+    bar = [l for l in text.splitlines() if re.match(r"task \d \(\d/2\) epoch \d: ", l)]  # task i (i+1/N)
     for task in (0, 1):
-        lines = [l for l in bar if l.startswith(f"task {task} ")]
+        lines = [l for l in bar if l.startswith(f"task {task} ({task + 1}/2) ")]
         assert 2 <= len(lines) <= 10, lines  # a few lines a task, over both epochs
-        assert lines[-1].startswith(f"task {task} epoch 1: 100%") and f"| {STEPS}/{STEPS} [" in lines[-1], lines
+        assert lines[-1].startswith(f"task {task} ({task + 1}/2) epoch 1: 100%") and f"| {STEPS}/{STEPS} [" in lines[-1], lines
         assert all(re.search(r"\| \d+/7 \[.*steps/s, train/loss=\d", l) for l in lines), lines  # step k/N, steps/s, the loss
     assert not any(l.startswith(("Validation", "Testing", "Sanity")) for l in text.splitlines())  # no bars but the training one
 
