@@ -92,7 +92,7 @@ def curated_config(config: dict) -> dict:
     return out
 
 
-# %% ../nbs/07c_loggers.ipynb #3d7f1e89
+# %% ../nbs/07c_loggers.ipynb #b7d42544
 @run_level
 class WandbRun:
     "One W&B run for a whole clarena run: tasks as steps, grouped by arena, tags, figures and final metrics (see above)."
