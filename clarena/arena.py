@@ -81,7 +81,7 @@ def job_label(cfg: DictConfig, rid: str) -> str:
     (joblib's loky: `hydra.launcher.n_jobs` > 1, a league's `n_jobs`), e.g. `[ER seed 1 3fa2c1] `; alone, in this process: nothing."""
     import multiprocessing
     if multiprocessing.parent_process() is None: return ""
-    algo = str(OmegaConf.select(cfg, "model.algorithm._target_", default="run")).rsplit(".", 1)[-1]
+    algo = OmegaConf.select(cfg, "arena.label") or cfg.get("reference") or str(OmegaConf.select(cfg, "model.algorithm._target_", default="run")).rsplit(".", 1)[-1]
     return f"[{algo} seed {cfg.get('seed')} {rid[:6]}] "
 
 def arena_job(cfg: DictConfig) -> float | None:
