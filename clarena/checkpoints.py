@@ -331,6 +331,8 @@ class StepCheckpoint(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.resume is not None:  # the first step after a resume: the random state as it was at the checkpoint
             set_rng_state(self.resume["rng"], trainer.strategy.root_device)
+            # the step the loggers write at: Lightning's restart adds one, for a checkpoint of its own taken after a batch, not before
+            if "batches_that_stepped" in self.resume: trainer.fit_loop.epoch_loop._batches_that_stepped = self.resume["batches_that_stepped"]
             self.resume = None
             return
         signalled = self.signals is not None and self.signals.received is not None
@@ -350,4 +352,5 @@ class StepCheckpoint(L.Callback):
                     batch=batch_idx, loops=trainer.fit_loop.state_dict(), optimizers=[o.state_dict() for o in trainer.optimizers],
                     schedulers=[c.scheduler.state_dict() for c in trainer.lr_scheduler_configs],
                     callbacks={cb.state_key: callback_state(cb) for cb in trainer.callbacks if cb is not self},
-                    data=self.batches.state(batch_idx), rng=rng_state(trainer.strategy.root_device))
+                    data=self.batches.state(batch_idx), rng=rng_state(trainer.strategy.root_device),
+                    batches_that_stepped=trainer.fit_loop.epoch_loop._batches_that_stepped)

@@ -7,11 +7,13 @@ Docs: https://clarena-dev.github.io/clarena/loggers.html.md"""
 # %% ../nbs/07c_loggers.ipynb #ca597ca9
 from __future__ import annotations
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from .core import register
 
 # %% auto #0
-__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun', 'curated_config', 'WandbRun']
+__all__ = ['RUN_LEVEL', 'CURATED', 'run_level', 'is_run_level', 'curated_params', 'MLflowRun', 'curated_config', 'WandbRun',
+           'CSVLogger']
 
 # %% ../nbs/07c_loggers.ipynb #b59f8770
 RUN_LEVEL = set()  # loggers the loop builds once per run (never per task's Trainer)
@@ -36,6 +38,16 @@ def curated_params(config: dict) -> dict:
     flat = _flat(config)
     return {k: v for k, v in flat.items() if any(k == c or k.startswith(c + ".") for c in CURATED)}
 
+@contextmanager
+def _store_lock(path: Path | None):
+    "Hold an exclusive lock on the file `path` (None: no lock) while the block runs: one process at a time sets a local store up."
+    if path is None: yield; return
+    import fcntl
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 @run_level
 class MLflowRun:
     "One MLflow run for a whole clarena run: tasks as steps, tags, final metrics and artifacts (see above)."
@@ -48,11 +60,23 @@ class MLflowRun:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             tracking_uri = f"sqlite:///{Path(log_dir).resolve()}/mlflow.db"
             artifacts = (Path(log_dir).resolve() / "mlartifacts").as_uri()
-        self.tracking_uri, self.client = tracking_uri, MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name, artifact_location=artifacts)
-        self.run_id = self.client.create_run(exp_id, run_name=run_name or Path(run_dir).name).info.run_id
+        # runs in parallel processes (an arena's n_jobs) set a new store up one at a time: its tables, then the experiment
+        with _store_lock(Path(log_dir) / "mlflow.db.lock" if artifacts else None):
+            self.tracking_uri, self.client = tracking_uri, MlflowClient(tracking_uri)
+            exp_id = self._experiment(experiment_name, artifacts)
+            self.run_id = self.client.create_run(exp_id, run_name=run_name or Path(run_dir).name).info.run_id
         self.setup_s = time.perf_counter() - t0  # outside the run's recorded wall time (the loop builds this before its timer)
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        "The id of experiment `name`, created if missing (by this process or, at the same moment, another one: a server's store)."
+        from mlflow.exceptions import MlflowException
+        exp = self.client.get_experiment_by_name(name)
+        if exp: return exp.experiment_id
+        try: return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None: raise
+            return exp.experiment_id
 
     def log_hyperparams(self, config: dict):
         from mlflow.entities import Param
@@ -120,3 +144,33 @@ class WandbRun:
 
     def finalize(self, status: str = "success"): self.run.finish(exit_code=0 if status == "success" else 1)
 
+
+# %% ../nbs/07c_loggers.ipynb #668820b5
+import csv
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningWriter
+
+class _ResumingWriter(_LightningWriter):
+    "Lightning's CSV writer, keeping a `metrics.csv` already there: at the first save, its rows before the first step logged now stay."
+    def _check_log_dir_exists(self):  # Lightning's deletes the file
+        self._earlier = None
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f: self._earlier = list(csv.DictReader(f))
+
+    def save(self):
+        if self._earlier is not None and self.metrics:
+            first = min(m["step"] for m in self.metrics)
+            kept = [{k: v for k, v in r.items() if v not in ("", None)} for r in self._earlier if float(r.get("step") or 0) < first]
+            self.metrics, self._earlier = kept + self.metrics, None
+            self._fs.rm_file(self.metrics_file_path)  # written again whole: the rows kept, then the new ones
+        super().save()
+
+@register
+class CSVLogger(_LightningCSVLogger):
+    "Lightning's `CSVLogger`, except that a version's `metrics.csv` from before a resume is kept (see above)."
+    @property
+    def experiment(self) -> _ResumingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(log_dir=self.log_dir)
+        return self._experiment

@@ -8,7 +8,6 @@ Docs: https://clarena-dev.github.io/clarena/loop.html.md"""
 from __future__ import annotations
 import copy, inspect, io, json, logging, math, os, resource, subprocess, sys, time, warnings
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import clarena
 from .core import ConfigError, TrainingError, check_choice, check_positive_int
 from . import metrics as M
 from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, \
-    STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable
+    STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable, rng_state, set_rng_state
 from .rundirs import unstarted
 from .reports import run_summary_html
 from .data.base import ChunkedBatches, TensorBatches
@@ -35,10 +34,10 @@ log = logging.getLogger("clarena")
 
 # %% auto #0
 __all__ = ['log', 'NAME_ARGS', 'code_commit', 'make', 'build', 'run_dir_for', 'quiet_lightning', 'make_logger', 'make_trainer',
-           'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'task_seed', 'requeued_run', 'checkpoint_options',
-           'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'check_finite_model',
-           'console_log', 'format_matrix', 'duration', 'task_timing', 'format_final', 'RunReport', 'plot_label',
-           'results_sha256', 'write_results', 'show_figure', 'load_metrics']
+           'test_tasks', 'task_data', 'TrainClock', 'fit_task', 'training_batches', 'task_seed', 'requeued_run',
+           'checkpoint_options', 'step_checkpoint', 'load_reference_runs', 'run_experiment', 'fit_on_data', 'FitOn',
+           'check_finite_model', 'console_log', 'format_matrix', 'duration', 'task_timing', 'format_final', 'RunReport',
+           'plot_label', 'results_sha256', 'write_results', 'show_figure', 'load_metrics']
 
 # %% ../nbs/07_loop.ipynb #0bdd5f21
 def code_commit() -> str:
@@ -218,24 +217,38 @@ def fit_task(trainer: L.Trainer, algo, dm, resume_step: dict | None = None):
         if getattr(algo, "speed_auto", False) and not algo.capture: algo.configure_speed(1, False, algo.capture_warmup)
         else: raise ConfigError(f"speed.steps_per_call={algo.steps_per_call} speed.capture={algo.capture} run in one process; this trainer "
                                 f"runs {trainer.world_size}: set trainer.devices=1, or speed.steps_per_call=1 speed.capture=false")
-    if not algo.automatic_optimization:  # the limit counts training steps (batches), with or without chunks
-        limit = trainer.limit_train_batches
-        if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))  # Lightning's rounding
-        train = (ResumableBatches if resumable_batches else ChunkedBatches)(train, algo.steps_per_call, limit)
-        trainer.limit_train_batches = 1.0  # every chunk: ChunkedBatches has applied the limit to batches already
-    elif resumable_batches: train = ResumableBatches(train)
+    train = training_batches(trainer, algo, train, resumable_batches)
     if step_cb is not None: step_cb.batches = train if resumable_batches else None
-    data = task_data(algo, dm, device=trainer.strategy.root_device)
+    device = trainer.strategy.root_device
+    data = task_data(algo, dm, device=device)
     algo.start_task(data)
-    if resume_step is not None:  # the task's hooks started it as at its start; now its state at the step
+    in_fit = resume_step is not None and resume_step["step"].get("fit") is not None  # killed in fit_on: the stream was done
+    if in_fit:  # on_task_end begins again from the state it began from (fit_on goes on at the step: FitOn)
+        end = resume_step["step"]["fit"]["task_end"]
+        restore(algo, dm, dict(end, config=resume_step["config"]))
+        trainer.fit_loop.load_state_dict(end["loops"])  # the stream's steps counted as done (what is logged after them, at its step)
+        set_rng_state(end["rng"], device)
+    elif resume_step is not None:  # the task's hooks started it as at its start; now its state at the step
         restore(algo, dm, resume_step)
         s = resume_step["step"]
         train.resume(s["data"])
         trainer.fit_loop.load_state_dict(s["loops"])  # epoch, batch and global step, as Lightning's own resume restores them
         step_cb.resume = s
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")  # ResumableBatches resumes itself
-    trainer.fit(algo, train, dm.val_dataloader())
+    if not in_fit: trainer.fit(algo, train, dm.val_dataloader())
+    if hasattr(getattr(algo, "fitter", None), "task_end"): algo.fitter.task_end(algo, device, trainer.fit_loop.state_dict())  # before on_task_end: what a step checkpoint in fit_on holds
     algo.finish_task(data)
+
+def training_batches(trainer: L.Trainer, algo, train, resumable: bool):
+    """The batches `trainer` fits `algo` on: `train` in chunks when the algorithm runs several steps per Lightning step (the
+    trainer's `limit_train_batches` then applied to steps, as Lightning would), and able to resume mid-epoch when `resumable`."""
+    if not algo.automatic_optimization:  # the limit counts training steps (batches), with or without chunks
+        limit = trainer.limit_train_batches
+        if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))  # Lightning's rounding
+        train = (ResumableBatches if resumable else ChunkedBatches)(train, algo.steps_per_call, limit)
+        trainer.limit_train_batches = 1.0  # every chunk: ChunkedBatches has applied the limit to batches already
+    elif resumable: train = ResumableBatches(train)
+    return train
 
 def task_seed(seed: int, task_id: int) -> int: return (seed * 1_000_003 + task_id) % 2**32
 
@@ -265,7 +278,8 @@ def _resume_point(dm, algo, untrained, run_dir: Path, data: dict, config: dict) 
     if step is None: log.info("resuming %s after task %d", run_dir, done - 1)
     else:
         s = step["step"]
-        log.info("resuming %s in task %d at step %d (epoch %d, batch %d)", run_dir, done, s["global_step"], s["epoch"], s["batch"])
+        where = f"fit_on (call {s['fit']['call']}) at the end of task {done}" if s.get("fit") else f"task {done}"
+        log.info("resuming %s in %s at step %d (epoch %d, batch %d)", run_dir, where, s["global_step"], s["epoch"], s["batch"])
     return done, (step or ckpt)["progress"], step
 
 def requeued_run(cfg: DictConfig) -> Path | None:
@@ -368,13 +382,15 @@ def _run_experiment(cfg: DictConfig) -> dict:
             t0, earlier_s = time.perf_counter(), resume_step["progress"]["task_elapsed_s"] if resume_step else 0.0
             clock = TrainClock(resume_step["progress"].get("task_train_elapsed_s", 0.0) if resume_step else 0.0)
             trainer.callbacks.append(clock)
-            algo.fitter = partial(fit_on_data, cfg, run_dir, clock, dm)  # what fit_on trains with at this task's boundary
             def write_step(state, t0=t0, earlier_s=earlier_s, clock=clock):
                 now = time.perf_counter()
                 p = dict(progress, task_elapsed_s=earlier_s + now - t0, task_train_elapsed_s=clock.seconds, total_wall_s=before + now - start)
                 save_checkpoint(run_dir / "checkpoints" / STEP_CHECKPOINT, algo, config, p, data, step=state)
             cb = step_checkpoint(step_options, signals, write_step, resume_step, t) if trainer.world_size == 1 else None
             if cb is not None: trainer.callbacks.append(cb)
+            # what fit_on trains with at this task's boundary, with step checkpoints as the task's
+            algo.fitter = FitOn(cfg, run_dir, clock, dm, step_options, signals, write_step if cb is not None else None,
+                                resume_step if resume_step is not None and resume_step["step"].get("fit") else None)
             fit_task(trainer, algo, dm, resume_step)
             progress["task_wall_s"].append(earlier_s + time.perf_counter() - t0)
             progress.setdefault("task_train_s", []).append(clock.seconds)  # checkpoints from before it was recorded: the later tasks only
@@ -430,22 +446,55 @@ def _run_experiment(cfg: DictConfig) -> dict:
 def _as_is(x): return x
 
 def fit_on_data(cfg: DictConfig, run_dir: Path, clock: TrainClock, dm, algo, x: torch.Tensor, y: torch.Tensor, epochs: int = 1,
-                batch_size: int | None = None):
-    "What `CLAlgorithm.fit_on` runs: `epochs` epochs of ordinary training steps on the prepared inputs `x` and labels `y`, as a task's (see above)."
+                batch_size: int | None = None, step_cb: StepCheckpoint | None = None, resume: dict | None = None):
+    """What `CLAlgorithm.fit_on` runs: `epochs` epochs of ordinary training steps on the prepared inputs `x` and labels `y`, as a
+    task's (see above); with `step_cb`, step checkpoints as the task's, and `resume`: a step checkpoint of these steps to go on from."""
     from .data.batches import TaskView
     check_positive_int("fit_on's epochs", epochs)
     c = copy.deepcopy(cfg); c.trainer.max_epochs = epochs
     trainer = make_trainer(c, run_dir, f"{algo.task_id}_fit")
     trainer.callbacks.append(clock)
     train = TensorBatches(TaskView(x, y, _as_is), batch_size or dm.batch_size, shuffle=True, seed=int(torch.randint(2**31 - 1, ())))
-    if not algo.automatic_optimization:
-        limit = trainer.limit_train_batches
-        if isinstance(limit, float): limit = None if limit == 1.0 else max(1, int(len(train) * limit))
-        train, trainer.limit_train_batches = ChunkedBatches(train, algo.steps_per_call, limit), 1.0
+    train = training_batches(trainer, algo, train, step_cb is not None)
+    if step_cb is not None: step_cb.batches = train; trainer.callbacks.append(step_cb)
     device, was_training = algo.device, algo.training
     algo.train()  # called from on_task_end, in eval mode: Lightning keeps the mode it finds
+    if resume is not None:  # the model at the step; the optimizer, callbacks and random state: StepCheckpoint, at the fit's start
+        restore(algo, dm, resume)
+        s = resume["step"]
+        train.resume(s["data"])
+        trainer.fit_loop.load_state_dict(s["loops"])
+        step_cb.resume = s
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     trainer.fit(algo, train, dm.val_dataloader())
     algo.to(device); algo.train(was_training)  # Lightning leaves the module on the CPU after a fit
+
+class FitOn:
+    """What `CLAlgorithm.fit_on` trains with during one task (the loop sets it as `algo.fitter`): `fit_on_data`, with the task's step
+    checkpoints (`write`; None: none). Such a checkpoint holds, beside the model at the step, the state `on_task_end` began from
+    (weights, buffers, random state: `task_end`, kept before it starts) and which `fit_on` call of it this is, so that a resume
+    runs `on_task_end` again from that state (its calls before this one again, deterministically) and goes on at the step."""
+    def __init__(self, cfg: DictConfig, run_dir: Path, clock: TrainClock, dm, options: dict | None = None, signals=None, write=None,
+                 resume: dict | None = None):
+        self.cfg, self.run_dir, self.clock, self.dm, self.options, self.signals = cfg, run_dir, clock, dm, options, signals
+        self.write, self.resume, self.calls, self.start = write, resume, 0, None
+
+    def task_end(self, algo, device=None, loops: dict | None = None):
+        "Keep the state `on_task_end` begins from (on the host; `loops`: the stream trainer's loop state), if step checkpoints are written."
+        self.calls = 0
+        if self.write is None: return
+        sd = {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in algo.state_dict().items()}
+        self.start = dict(state_dict=sd, cl=copy.deepcopy(algo.cl_state()), rng=rng_state(device), loops=loops or {})
+
+    def __call__(self, algo, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, batch_size: int | None = None):
+        call, self.calls = self.calls, self.calls + 1
+        cb = resume = None
+        if self.write is not None and self.start is not None:
+            write = lambda state: self.write(dict(state, fit=dict(call=call, task_end=self.start)))
+            n, minutes = self.options["every_n_steps"], self.options["every_minutes"]
+            cb = StepCheckpoint(write, None, n, minutes, self.signals, describe=lambda tr: f"(fit_on at the end of task {algo.task_id}, epoch {tr.current_epoch})")
+        if self.resume is not None and self.resume["step"]["fit"]["call"] == call: resume, self.resume = self.resume, None
+        fit_on_data(self.cfg, self.run_dir, self.clock, self.dm, algo, x, y, epochs, batch_size, cb, resume)
 
 # %% ../nbs/07_loop.ipynb #f1n17e02
 def check_finite_model(algo, results: dict, task_id: int):

@@ -2,12 +2,13 @@
 (speed.steps_per_call=auto, the default) give exactly the matrices of one step per Lightning step, and a run
 resumed from the checkpoint after task 1 (its state restored through state()/load_state()), or from a step checkpoint
 in the middle of task 1 (a preempted job's), ends with exactly the matrices of the uninterrupted run."""
-import shutil
+import csv, logging, shutil
 
 import lightning as L
 import pytest
 
 from clarena.core import ConfigError, register
+from clarena.checkpoints import load_checkpoint
 from clarena.loop import run_experiment
 from clarena.train import compose_config, resume_config
 
@@ -45,11 +46,12 @@ class KillAt(L.Callback):
     """Stop the run dead (as SIGKILL would: no checkpoint of its own) before Lightning batch `batch` of task `task_id`, once per run
     directory: the resumed run keeps the callback, since a checkpoint is bound to its run's config."""
     killed: set = set()
-    def __init__(self, task_id: int, batch: int, in_fit: bool = False): self.task_id, self.batch, self.in_fit = task_id, batch, in_fit
+    def __init__(self, task_id: int, batch: int, in_fit: bool = False, epoch: int = 0):
+        self.task_id, self.batch, self.in_fit, self.epoch = task_id, batch, in_fit, epoch
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         # in_fit: only in the steps of fit_on (an algorithm that does not learn from the stream learns only there, e.g. GDumb)
         in_fit = pl_module.learns_from_stream and not type(pl_module).learns_from_stream
-        if in_fit != self.in_fit: return
+        if in_fit != self.in_fit or trainer.current_epoch != self.epoch: return
         if pl_module.task_id == self.task_id and batch_idx == self.batch and trainer.default_root_dir not in KillAt.killed:
             KillAt.killed.add(trainer.default_root_dir)
             raise Killed(f"task {self.task_id}, batch {batch_idx}")
@@ -63,6 +65,11 @@ MID_TASK = ["speed.steps_per_call=1", "checkpoint.every_n_steps=4", "+callbacks.
 # Algorithms whose step checkpoints are known not to resume, with the error expected (none now: LwF and iCaRL rebuild their
 # frozen previous model with the head it had, FrozenCopy.from_state's head_classes). A fixed one makes its entry fail.
 MID_TASK_OPEN = {}
+
+
+def csv_log(run_dir, version: str) -> list:
+    "The rows of a version's CSV log (`csv/<version>/metrics.csv`)."
+    with open(run_dir / "csv" / version / "metrics.csv", newline="") as f: return list(csv.DictReader(f))
 
 
 def run(tmp_path, name, data_root, experiment, *extra):
@@ -87,6 +94,7 @@ def test_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_roo
     resumed = run_experiment(resume_config(killed))
     assert resumed["resumed_at_task"] == 2
     assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    assert csv_log(killed, "cl") == csv_log(tmp_path / "whole", "cl")  # the earlier tasks' rows kept, none twice
     # killed within task 1 (one step per Lightning step), resumed from its last step checkpoint
     with pytest.raises(Killed): run(tmp_path, "mid", no_data_root, experiment, *extra, *MID_TASK)
     assert not (tmp_path / "mid" / "checkpoints" / "task_1.ckpt").exists()
@@ -97,18 +105,25 @@ def test_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_roo
     mid = run_experiment(cfg)
     assert mid["resumed_at_task"] == 1
     assert mid["acc_matrix"] == whole["acc_matrix"] and mid["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    for version in ("task_1", "cl"):  # the curves before the step checkpoint kept, the steps after it logged once
+        assert csv_log(tmp_path / "mid", version) == csv_log(tmp_path / "one", version), version
 
 
 
-def test_gdumb_killed_in_fit_on_resumes_to_the_uninterrupted_matrices(tmp_path, no_data_root):
-    """GDumb killed in task 1's fit_on (its retraining on the memory at the task's end, batch 2 of its first epoch), then resumed: the uninterrupted matrices.
-    (The resume starts from the last step checkpoint of task 1's stream and runs fit_on again from its start: fit_on's own steps
-    write no step checkpoint yet, so a kill late in its epochs loses them; the matrices are the same either way.)"""
+def test_gdumb_killed_in_fit_on_goes_on_at_the_step(tmp_path, no_data_root, caplog):
+    """GDumb killed in task 1's fit_on (its retraining on the memory at the task's end: 4 steps an epoch, killed before step 22,
+    in its 6th epoch), then resumed: it goes on from fit_on's own step checkpoint at step 20, not from the retraining's start,
+    and ends with the uninterrupted matrices bit for bit."""
     extra = ["model/algorithm=gdumb", "speed.steps_per_call=1", "checkpoint.every_n_steps=4"]
     whole = run(tmp_path, "whole", no_data_root, "smnist_cil_finetuning", *extra)
-    kill = ["+callbacks.kill._target_=test_algorithms.KillAt", "+callbacks.kill.task_id=1", "+callbacks.kill.batch=2", "+callbacks.kill.in_fit=true"]
+    kill = ["+callbacks.kill._target_=test_algorithms.KillAt", "+callbacks.kill.task_id=1", "+callbacks.kill.batch=2",
+            "+callbacks.kill.in_fit=true", "+callbacks.kill.epoch=5"]
     with pytest.raises(Killed): run(tmp_path, "fit", no_data_root, "smnist_cil_finetuning", *extra, *kill)
     assert not (tmp_path / "fit" / "checkpoints" / "task_1.ckpt").exists()
-    mid = run_experiment(resume_config(tmp_path / "fit"))
+    step = load_checkpoint(tmp_path / "fit" / "checkpoints" / "step.ckpt")["step"]
+    assert (step["task_id"], step["global_step"], step["epoch"], step["fit"]["call"]) == (1, 20, 5, 0)
+    with caplog.at_level(logging.INFO, logger="clarena"): mid = run_experiment(resume_config(tmp_path / "fit"))
+    assert "in fit_on (call 0) at the end of task 1 at step 20 (epoch 5, batch 0)" in caplog.text
     assert mid["resumed_at_task"] == 1
     assert mid["acc_matrix"] == whole["acc_matrix"] and mid["loss_matrix"] == whole["loss_matrix"]  # bit for bit
+    for version in ("task_1", "task_1_fit", "cl"): assert csv_log(tmp_path / "fit", version) == csv_log(tmp_path / "whole", version), version

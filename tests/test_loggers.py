@@ -63,3 +63,21 @@ def test_wandb_offline_one_run_per_clarena_run_grouped_by_arena(tmp_path, no_dat
                 m["algorithm"].encode(), b"seed 0"):
         assert key in log, key
     assert b"callbacks" not in log and b"paths." not in log  # the curated hyperparameters only
+
+
+def test_parallel_runs_share_a_new_mlflow_store(tmp_path, no_data_root):
+    """Two runs in parallel processes (`hydra/launcher=parallel`, as an arena's `n_jobs=2`) that both find no store yet: both set
+    it up at once (its tables, the experiment), and both runs land in it, finished."""
+    pytest.importorskip("mlflow")
+    import os, subprocess, sys
+    import mlflow
+    logs = tmp_path / "logs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "clarena.train", "-m", *QUICK, "seed=0,1", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                        "logger=mlflow", f"paths.data_dir={no_data_root}", f"paths.log_dir={logs}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{logs.resolve()}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["smnist_til_finetuning"], output_format="list")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"] and {r.info.status for r in runs} == {"FINISHED"}
+    assert all("cl/final_avg_acc" in r.data.metrics for r in runs)

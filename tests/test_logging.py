@@ -23,7 +23,8 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     from mlflow.tracking import MlflowClient
     with caplog.at_level(logging.INFO, logger="clarena"):
         m, run_dir = run(tmp_path, no_data_root, "logger=mlflow", "+logger.tensorboard._target_=lightning.pytorch.loggers.TensorBoardLogger",
-                         "+logger.tensorboard.name=tensorboard", f"paths.log_dir={tmp_path / 'logs'}")
+                         "+logger.tensorboard.name=tensorboard", f"paths.log_dir={tmp_path / 'logs'}", "trainer.log_every_n_steps=1",
+                         "trainer.limit_train_batches=20")
     R = m["acc_matrix"]
     # TensorBoard: one curve over tasks (version cl), each task's accuracy, the final metrics, the config as hyperparameters
     ea = EventAccumulator(str(run_dir / "tensorboard" / "cl")).Reload()
@@ -39,6 +40,13 @@ def test_cl_metrics_and_hyperparameters_reach_tensorboard_and_mlflow(tmp_path, n
     assert "model/optimizer/lr" in session.hparams and not any(k.startswith(("callbacks", "paths", "trainer/callbacks")) for k in session.hparams)
     assert len(ea.Scalars("cl/final_avg_acc")) == 1 and len(ea.Scalars("cl/bwt")) == 1  # the final metrics once
     assert "cl/acc_matrix" in ea.Tags()["images"]  # the accuracy matrix as an image
+    # each task's training accuracy (the stream's rows of the step's batch), in its own run (version task_<t>), as in the CSV logs
+    for t in range(2):
+        acc = [(e.step, e.value) for e in EventAccumulator(str(run_dir / "tensorboard" / f"task_{t}")).Reload().Scalars("train/acc")]
+        csv_acc = [(int(r["step"]), float(r["train/acc"])) for r in csv.DictReader(open(run_dir / "csv" / f"task_{t}" / "metrics.csv")) if r.get("train/acc")]
+        assert [s for s, _ in acc] == [s for s, _ in csv_acc] and len(acc) == 20 and all(abs(a - b) < 1e-6 for (_, a), (_, b) in zip(acc, csv_acc))
+        assert all(abs(v * 64 - round(v * 64)) < 1e-4 for _, v in acc)  # a share of the 64 rows of a batch
+        assert sum(v for _, v in acc[-5:]) / 5 > 0.8, acc  # two digits told apart (chance 0.5) after 15 steps
     # MLflow (one run per clarena run, in the store shared under paths.log_dir): its curves, final metrics, curated parameters
     client = MlflowClient(f"sqlite:///{tmp_path / 'logs'}/mlflow.db")
     exp = client.get_experiment_by_name("smnist_til_finetuning")

@@ -28,15 +28,15 @@ def test_steps_per_call_gives_the_same_matrices(tmp_path, no_data_root, experime
 
 
 def train_losses(run_dir):
-    "The (task, step, train/loss) rows the CSV logger wrote."
+    "The (task, step, train/loss, train/acc) rows the CSV logger wrote."
     rows = []
     for t, f in enumerate(sorted(run_dir.glob("csv/task_*/metrics.csv"))):
         lines = f.read_text().splitlines()
         cols = lines[0].split(",")
         for line in lines[1:]:
             v = dict(zip(cols, line.split(",")))
-            if v.get("train/loss"): rows.append((t, v["step"], v["train/loss"]))
-    assert len(rows) >= 4, rows  # 113 steps a task, a row every 50: the comparison compares something
+            if v.get("train/loss"): rows.append((t, v["step"], v["train/loss"], v["train/acc"]))
+    assert len(rows) >= 4 and all(0 <= float(r[3]) <= 1 for r in rows), rows  # 113 steps a task, a row every 50: the comparison compares something
     return rows
 
 

@@ -295,8 +295,9 @@ class CLAlgorithm(L.LightningModule):
         self.after_step(self.training_batch(Batch(x, y, self.task_id)), None)
         return {"loss": torch.zeros((), device=y.device)}
 
-    def optimizer_step_on(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> dict:
-        "One whole training step by hand, in the order Lightning's automatic optimisation runs it (the fast path's unit); returns the loss parts and `loss`."
+    def optimizer_step_on(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, measure: bool = False) -> dict:
+        """One whole training step by hand, in the order Lightning's automatic optimisation runs it (the fast path's unit); returns the
+        loss parts and `loss`, and with `measure` (a step the loggers write) the step's training accuracy `acc`."""
         if not self.learns_from_stream: return self.store_step(x, y)
         opt.zero_grad(set_to_none=True)
         batch, logits, parts = self.step_loss(x, y)
@@ -305,7 +306,7 @@ class CLAlgorithm(L.LightningModule):
         self._adjust(batch)
         opt.step()
         self.after_step(batch, logits.detach())
-        return {"loss": total, **parts}
+        return {"loss": total, **parts, **({"acc": self.train_accuracy(batch, logits.detach())} if measure else {})}
 
     # ---- Lightning's training step ----
     def training_step(self, batch, batch_idx):
@@ -321,7 +322,8 @@ class CLAlgorithm(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # only the steps the loggers write
             logged = self.loss_log(total, parts)
             self.log("train/loss", logged.pop("train/loss"), prog_bar=True, batch_size=len(batch))
-            if logged: self.log_dict(logged, batch_size=len(batch))
+            logged["train/acc"] = self.train_accuracy(batch, logits.detach())
+            self.log_dict(logged, batch_size=len(batch))
         self.check_finite(total, batch_idx)
         return total
 
@@ -335,6 +337,12 @@ class CLAlgorithm(L.LightningModule):
 
     def on_after_backward(self):
         if self.automatic_optimization and self._step_io is not None: self._adjust(self._step_io[0])
+
+    @staticmethod
+    def train_accuracy(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        "The step's accuracy on the stream's rows (`batch.current`), the predicted class the largest logit: what `train/acc` logs, in each task's logs."
+        c = batch.current
+        return (logits[c].argmax(-1) == batch.y[c]).float().mean()
 
     @staticmethod
     def loss_log(total, parts: dict) -> dict:

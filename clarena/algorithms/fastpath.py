@@ -43,12 +43,13 @@ class FastPath:
             steps = steps[:max(0, tr.max_steps - tr.global_step)]
         for j, idx in enumerate(steps):
             algo.before_step(chunk.first + j, num_batches)
+            measure = (algo.global_step + 1) % tr.log_every_n_steps == 0  # a step the loggers write: its training accuracy too
             if self.capture and len(idx) == chunk.batch_size:
                 out = self._captured_step(algo, chunk.view, idx, opt)
             else:
-                out = algo.optimizer_step_on(*chunk.view.batch(idx), opt)
+                out = algo.optimizer_step_on(*chunk.view.batch(idx), opt, measure)
                 if not self.capture: algo.check_finite(out["loss"].detach(), chunk.first + j)
-            if (algo.global_step + 1) % tr.log_every_n_steps == 0:
+            if measure:
                 logged.append((algo.global_step, {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in out.items()}))
             _count_step(tr)
         # what `self.log` writes (validation included) goes to the loggers at Lightning's count of stepped batches, which it
@@ -56,8 +57,9 @@ class FastPath:
         tr.fit_loop.epoch_loop._batches_that_stepped += max(len(steps) - 1, 0)
         for step, out in logged:  # the steps a one-step-per-Lightning-step run logs, at the same step numbers
             if self.capture: algo.check_finite(out["loss"], chunk.first, every=1)
-            parts = {k: v for k, v in out.items() if k != "loss"}
+            parts = {k: v for k, v in out.items() if k not in ("loss", "acc")}
             metrics = {k: float(v) for k, v in algo.loss_log(out["loss"], parts).items()}
+            if "acc" in out: metrics["train/acc"] = float(out["acc"])
             for logger in algo.loggers: logger.log_metrics(metrics, step=step)
         if logged: algo.log("train/loss", logged[-1][1]["loss"], prog_bar=True, logger=False, batch_size=len(chunk.indices[-1]))
 
@@ -70,12 +72,12 @@ class FastPath:
             if g["warm"] < self.capture_warmup:  # eager warm-up steps, the task's real first updates, on a side stream
                 g["warm"] += 1
                 side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side): out = algo.optimizer_step_on(*view.batch(idx), opt)
+                with torch.cuda.stream(side): out = algo.optimizer_step_on(*view.batch(idx), opt, True)
                 torch.cuda.current_stream().wait_stream(side)
                 return out
             static_idx = idx.clone()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph): out = algo.optimizer_step_on(*view.batch(static_idx), opt)
+            with torch.cuda.graph(graph): out = algo.optimizer_step_on(*view.batch(static_idx), opt, True)  # the accuracy too: a graph has no branches
             self.graph = g = dict(key=key, graph=graph, idx=static_idx, out=out)
         g["idx"].copy_(idx)
         g["graph"].replay()
