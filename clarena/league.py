@@ -113,9 +113,10 @@ def preset_configs(preset: dict, overrides: list = (), selected: dict | None = N
 
 # %% ../nbs/10b_league.ipynb #c7c469ee
 def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list = (), selected: dict | None = None) -> dict:
-    "Run every run of `preset` into `arena_dir` (finished ones are skipped), `n_jobs` at a time; write and return the arena's report."
+    """Run every run of `preset` into `arena_dir` (finished ones are skipped), `n_jobs` at a time, holding the arena's lock (`lock_arena`:
+    a second league or arena in the same directory is refused, naming this one); write and return the arena's report."""
     from joblib import Parallel, delayed
-    from clarena.arena import arena_job, write_report
+    from clarena.arena import arena_job, lock_arena, unlock_arena, write_report
     preset = load_preset(preset) if isinstance(preset, str) else preset
     runs, skipped = preset_configs(preset, overrides, selected)
     arena_dir = Path(arena_dir)
@@ -124,8 +125,11 @@ def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list =
     for bench, label, cfg in runs:  # the league's names go with the run (arena.* is not part of a run's identity)
         OmegaConf.update(cfg, "arena", dict(name=arena_dir.name, dir=str(arena_dir), benchmark=bench, label=label), force_add=True)
         cfgs.append(cfg)
-    results = Parallel(n_jobs=n_jobs)(delayed(arena_job)(c) for c in cfgs)
-    report = write_report(arena_dir)
+    lock = lock_arena(arena_dir)
+    try:
+        results = Parallel(n_jobs=n_jobs)(delayed(arena_job)(c) for c in cfgs)
+        report = write_report(arena_dir)
+    finally: unlock_arena(lock)
     report["failed"] = sum(r is None for r in results)
     return report
 
@@ -338,7 +342,9 @@ def league_main(preset: str, args: list) -> int:
         print(dry_run_listing(p, overrides, selected), flush=True); return 0
     log_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("paths.log_dir=")), "logs")  # as a plain arena's dir
     arena_dir = Path(opts.get("arena.dir") or Path(log_dir) / "arena" / opts.get("arena.name", preset))
-    report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
+    try: report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
+    except ConfigError as e:  # the arena is in use by another process: nothing ran
+        print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
     rows = league_rows(arena_dir, p, overrides, selected)
     md = f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(rows))
     if p.get("orders") or p.get("published"):

@@ -201,3 +201,31 @@ def test_every_display_cell_runs_for_the_docs_or_says_why_not():
     bad = {p.name: cells for p in sorted(NBS.glob("*.ipynb"))
            if p.name not in PENDING and (cells := _unmarked_display_cells(p))}
     assert not bad, bad
+
+
+# nbdev documents every public function and class defined in an `#| exec_doc` cell as if it were the chapter's API (a
+# show_doc heading on the page): a chapter's helpers for its worked examples are private (`_name`).
+def _public_defs_in_exec_doc_cells(nb_path):
+    "Names of the public functions and classes that `#| exec_doc` cells define (nbdev would add show_doc for each)."
+    import ast
+    nb = json.loads(Path(nb_path).read_text())
+    names = []
+    for c in nb["cells"]:
+        s = "".join(c["source"])
+        if c["cell_type"] != "code" or not re.search(r"^#\|\s*exec_doc", s, re.M):
+            continue
+        body = ast.parse("\n".join(l for l in s.splitlines() if not l.lstrip().startswith(("%", "!")))).body
+        names += [n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+    return names
+
+
+def test_exec_doc_helper_check_can_fail(tmp_path):
+    cells = ["#| exec_doc\ndef helper(): pass\nclass _Ok: pass\nhelper()", "def free(): pass", "#| exec_doc\nclass Shown: pass"]
+    nb = {"cells": [{"cell_type": "code", "source": s.splitlines(keepends=True)} for s in cells]}
+    (tmp_path / "x.ipynb").write_text(json.dumps(nb))
+    assert _public_defs_in_exec_doc_cells(tmp_path / "x.ipynb") == ["helper", "Shown"]
+
+
+def test_worked_examples_define_no_api_for_the_docs():
+    bad = {p.name: names for p in sorted(NBS.glob("*.ipynb")) if (names := _public_defs_in_exec_doc_cells(p))}
+    assert not bad, bad

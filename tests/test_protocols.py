@@ -50,6 +50,22 @@ def test_cli_dry_run_lists_runs_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "DER+++" in bad.stderr
 
 
+def test_league_into_an_arena_in_use_is_refused_before_any_run(tmp_path):
+    "Two leagues in one arena directory would train the same runs into the same folders: the second is refused, one line, exit 2."
+    d = tmp_path / "arena"
+    holder = subprocess.Popen([sys.executable, "-c", f"import time; from clarena.arena import lock_arena; f = lock_arena({str(d)!r}); "
+                               "print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([str(BIN / "clarena-arena"), "preset=der_paper", "seeds=0", "only_algorithms=Finetuning", "only_benchmarks=Seq-FMNIST TIL",
+                            f"arena.dir={d}", f"paths.data_dir={tmp_path / 'none'}", *TINY], env=ENV, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill(); holder.wait()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().count("\n") == 0 and f"in use by process {holder.pid}" in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in d.iterdir()) == ["arena.lock"]  # no run started
+
+
 def test_three_scenarios_settings_are_the_papers(tmp_path):
     "Split: 2 x 400 units, Adam lr 0.001, 2000 steps of 128; Permuted: 2 x 1000, lr 0.0001, 5000 steps; the strengths per scenario."
     p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST DIL", "Permuted FMNIST TIL"], ["EWC", "Online EWC", "SI"])

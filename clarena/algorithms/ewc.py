@@ -6,6 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/ewc.html.md"""
 
 # %% ../../nbs/06a_ewc.ipynb #5da294c6
 from __future__ import annotations
+import itertools
 from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,8 @@ from ..core import ConfigError, check_choice, check_positive_int
 from .base import CLAlgorithm, check_number
 
 # %% auto #0
-__all__ = ['FISHER_KINDS', 'per_sample_grads', 'diag_fisher', 'grown', 'fold_quadratic', 'QuadraticPenalty', 'EWC', 'OnlineEWC']
+__all__ = ['FISHER_KINDS', 'per_sample_grads', 'diag_fisher', 'linear_layers', 'linear_fisher', 'grown', 'fold_quadratic',
+           'QuadraticPenalty', 'EWC', 'OnlineEWC']
 
 # %% ../../nbs/06a_ewc.ipynb #5c050bd6
 def per_sample_grads(fn: Callable, params: dict, *inputs: torch.Tensor) -> dict:
@@ -27,11 +29,19 @@ def per_sample_grads(fn: Callable, params: dict, *inputs: torch.Tensor) -> dict:
 # %% ../../nbs/06a_ewc.ipynb #dda977cf
 FISHER_KINDS = ("empirical", "exact")
 
-def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str = "empirical") -> dict:
+def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str = "empirical", module: torch.nn.Module | None = None) -> dict:
     """The diagonal Fisher information of the classifier `model_fn(params, x) -> logits` at `params`, averaged over the samples of
     `batches` (`(x, y)` pairs): `empirical` squares the gradient of $\\log p(y \\mid x)$ at the true label $y$; `exact` takes the true Fisher's exact
-    expectation over the model's prediction, $\\sum_c p(c \\mid x)\\,(\\nabla \\log p(c \\mid x))^2$."""
+    expectation over the model's prediction, $\\sum_c p(c \\mid x)\\,(\\nabla \\log p(c \\mid x))^2$. With `module` (the model
+    `model_fn` runs) whose trainable parameters are all `nn.Linear` weights and biases, layer by layer (`linear_fisher`): the same
+    numbers, a matrix product per layer in place of a gradient per sample."""
     check_choice("fisher kind", kind, FISHER_KINDS)
+    if module is not None:
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None: return {k: torch.zeros_like(v) for k, v in params.items()}
+        batches = itertools.chain([first], batches)
+        if linear_layers(module, params, first[0], model_fn) is not None: return linear_fisher(model_fn, params, module, batches, kind)
     def log_lik(p, x, y): return -F.cross_entropy(model_fn(p, x), y)
     fisher, n = {k: torch.zeros_like(v) for k, v in params.items()}, 0
     for x, y in batches:
@@ -43,6 +53,59 @@ def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str =
             for k, g in per_sample_grads(log_lik, params, x, labels).items():
                 fisher[k] += torch.einsum("b...,b...->...", g, g) if weight is None else torch.einsum("b,b...,b...->...", weight, g, g)
         n += len(x)
+    return {k: v / max(n, 1) for k, v in fisher.items()}
+
+# %% ../../nbs/06a_ewc.ipynb #44dcc0f6
+def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_fn: Callable) -> dict | None:
+    """For each `nn.Linear` of `module` whose weight or bias is in `params`: the names of its weight and bias there (None where not
+    trained); None if the layer-wise Fisher does not apply: a parameter of another kind, batch norm over the batch or dropout that
+    draws, a layer called twice in one forward or on inputs that are not rows of samples (seen on the batch `x`)."""
+    owner = {}
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training: return None
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0: return None
+        if isinstance(m, torch.nn.Linear):
+            names = tuple(f"{name}.{k}" if name else k for k in ("weight", "bias"))
+            if any(n in params for n in names): owner[m] = tuple(n if n in params else None for n in names)
+    if not set(params) <= {n for names in owner.values() for n in names}: return None
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0].dim(), o.dim()))) for m in owner]
+    try:
+        with torch.no_grad(): model_fn(params, x)
+    finally:
+        for h in hooks: h.remove()
+    if len({m for m, _, _ in calls}) < len(calls) or any((i, o) != (2, 2) for _, i, o in calls): return None
+    return owner
+
+def linear_fisher(model_fn: Callable, params: dict, module: torch.nn.Module, batches: Iterable, kind: str = "empirical") -> dict:
+    "`diag_fisher` layer by layer, for a `module` whose trainable parameters `linear_layers` accepts: $(w \\odot \\delta^2)^\\top a^2$ per layer."
+    owner = {m: names for m, names in ((m, tuple(f"{n}.{k}" if n else k for k in ("weight", "bias"))) for n, m in module.named_modules()
+                                       if isinstance(m, torch.nn.Linear)) if any(k in params for k in names)}
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0], o))) for m in owner]
+    p = {k: v.detach().requires_grad_() for k, v in params.items()}  # only so that the layers' outputs are in a graph
+    fisher, n = {k: torch.zeros_like(v) for k, v in params.items()}, 0
+    try:
+        for x, y in batches:
+            seen.clear()
+            logp = model_fn(p, x).log_softmax(-1)
+            layers = [m for m in owner if m in seen]
+            if kind == "empirical": terms = [(None, y)]
+            else:
+                probs = logp.detach().exp()
+                terms = [(probs[:, c], torch.full_like(y, c)) for c in range(logp.shape[1])]
+            for j, (weight, labels) in enumerate(terms):
+                ll = logp.gather(1, labels[:, None]).sum()
+                deltas = torch.autograd.grad(ll, [seen[m][1] for m in layers], retain_graph=j < len(terms) - 1, allow_unused=True)
+                for m, d in zip(layers, deltas):
+                    if d is None: continue
+                    d2 = d.square() if weight is None else weight[:, None] * d.square()
+                    wname, bname = owner[m]
+                    if wname in fisher: fisher[wname] += d2.T @ seen[m][0].detach().square()
+                    if bname in fisher: fisher[bname] += d2.sum(0)
+            n += len(x)
+    finally:
+        for h in hooks: h.remove()
     return {k: v / max(n, 1) for k, v in fisher.items()}
 
 # %% ../../nbs/06a_ewc.ipynb #53fa9b38
@@ -149,7 +212,7 @@ class EWC(QuadraticPenalty):
     def importance(self, task_id, data):
         params = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
         batches = data.batches(self.fisher_batch_size, shuffle=True, seed=task_id, limit=self.fisher_samples)
-        return diag_fisher(lambda p, x: functional_call(self, p, (x, task_id)), params, batches, self.fisher)
+        return diag_fisher(lambda p, x: functional_call(self, p, (x, task_id)), params, batches, self.fisher, module=self)
 
 class OnlineEWC(EWC):
     "Online EWC (Schwarz et al., ICML 2018): one running Fisher, $F^* \\leftarrow \\gamma F^* + F$, anchored at the latest weights."
