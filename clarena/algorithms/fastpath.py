@@ -13,7 +13,8 @@ from ..core import ConfigError, check_positive_int
 log = logging.getLogger("clarena")
 
 # %% auto #0
-__all__ = ['log', 'AUTO_STEPS_PER_CALL', 'FastPath', 'speed_blockers', 'configure_speed']
+__all__ = ['log', 'AUTO_STEPS_PER_CALL', 'HOST_SYNC_OPS', 'FastPath', 'speed_blockers', 'configure_speed', 'HostSync',
+           'HostSyncAsError']
 
 # %% ../../nbs/05c_fastpath.ipynb #3068d216
 class FastPath:
@@ -133,3 +134,37 @@ def configure_speed(cfg, dm, algo):
     if algo.capture and not (tr.accelerator in ("gpu", "cuda") or (tr.accelerator == "auto" and torch.cuda.is_available())):
         raise ConfigError(f"speed.capture=true needs a CUDA GPU (trainer=gpu); this run's trainer.accelerator is {tr.accelerator!r}")
     if blockers: raise ConfigError(f"{what} {blockers[0]}")
+
+# %% ../../nbs/05c_fastpath.ipynb #4d75c26b
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_aten = torch.ops.aten
+HOST_SYNC_OPS = {  # operations that need the device's values on the host: a read, an output sized by the values, a status check
+    _aten._local_scalar_dense: "a value read on the host (.item(), bool(), int(), float(), an `if` on a tensor)",
+    _aten.nonzero: "nonzero (its output's size depends on the values)", _aten.masked_select: "masked_select (sized by the mask)",
+    _aten._unique: "unique", _aten._unique2: "unique", _aten.unique_dim: "unique", _aten.unique_consecutive: "unique_consecutive",
+    _aten.equal: "torch.equal (a bool on the host)", _aten.is_nonzero: "a tensor's truth value", _aten.bincount: "bincount (sized by the max)",
+    _aten._linalg_eigh: "eigh/eigvalsh (the solver's status checked on the host)", _aten.linalg_eig: "eig (status checked on the host)",
+    _aten._linalg_svd: "svd (status checked on the host)", _aten.linalg_cholesky_ex: "cholesky (status checked on the host)"}
+
+class HostSync(RuntimeError):
+    "An operation of a training step that makes the host wait for the device."
+
+def _from_optimizer() -> bool:
+    import sys
+    f = sys._getframe(2)
+    while f is not None:
+        if "/torch/optim/" in f.f_code.co_filename.replace("\\", "/"): return True
+        f = f.f_back
+    return False
+
+class HostSyncAsError(TorchDispatchMode):
+    """Within it, an operation that would make the host wait for the device on a GPU (`HOST_SYNC_OPS`, and indexing with a boolean
+    mask) raises `HostSync` naming it, on any device: a CPU stand-in for `torch.cuda.set_sync_debug_mode("error")`. The optimizer's
+    own reads (a CPU optimizer's step counter) are let through."""
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        what = HOST_SYNC_OPS.get(func.overloadpacket)
+        if what is None and func.overloadpacket in (_aten.index, _aten.index_put, _aten.index_put_) and len(args) > 1:
+            if any(torch.is_tensor(i) and i.dtype == torch.bool for i in (args[1] or [])): what = "indexing with a boolean mask (sized by the mask)"
+        if what is not None and not _from_optimizer(): raise HostSync(f"{func}: {what}")
+        return func(*args, **(kwargs or {}))
