@@ -1,7 +1,9 @@
 """Every registered algorithm's training steps under `HostSyncAsError` on the CPU (CI has no GPU): one that declares `capturable` must
 not make the host wait for the device in a step (a value read, an output sized by values, a solver's status check); GEM and GDumb,
 which declare that they cannot be captured, are caught, so the check can fail. Each task's first two steps are free (one-time set-up,
-and the eager warm-up the fast path runs before capturing), as in the GPU capture test."""
+and the eager warm-up the fast path runs before capturing), as in the GPU capture test. What is checked is what a graph replays,
+`optimizer_step_on` (the batch's loss to the optimizer step and `after_step`); `before_step` runs eagerly before each replay, outside
+the graph, so a host read there (CBP's count of units to replace) costs time but does not break capture, and is not checked here."""
 from pathlib import Path
 
 import pytest

@@ -59,12 +59,12 @@ def test_wandb_offline_one_run_per_clarena_run_grouped_by_arena(tmp_path, no_dat
     assert len(runs) == 1, runs  # not one per task
     # the offline run's record (protobuf; wandb 0.2x+ writes no summary or config files offline): its keys and values are in it as text.
     # wandb-core, a process of its own, may still be writing it when `finish` has returned (seen with wandb 0.31 on a loaded
-    # machine: the record's header only): read it until the final metrics are in, for up to a minute
+    # machine: the record's header only): read it until every key is in, for up to a minute
     keys = (b"cl/avg_acc", b"cl/acc_task_1", b"cl/final_avg_acc", b"model.optimizer.lr", b"figures/acc_matrix", b"smnist_til_finetuning",
             m["algorithm"].encode(), b"seed 0")
     for _ in range(120):
-        log = next(runs[0].glob("*.wandb")).read_bytes()
-        if b"cl/final_avg_acc" in log: break
+        log = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+        if all(key in log for key in keys): break
         time.sleep(0.5)
     for key in keys: assert key in log, key
     assert b"callbacks" not in log and b"paths." not in log  # the curated hyperparameters only

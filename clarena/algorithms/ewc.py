@@ -34,14 +34,25 @@ def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str =
     `batches` (`(x, y)` pairs): `empirical` squares the gradient of $\\log p(y \\mid x)$ at the true label $y$; `exact` takes the true Fisher's exact
     expectation over the model's prediction, $\\sum_c p(c \\mid x)\\,(\\nabla \\log p(c \\mid x))^2$. With `module` (the model
     `model_fn` runs) whose trainable parameters are all `nn.Linear` weights and biases, layer by layer (`linear_fisher`): the same
-    numbers, a matrix product per layer in place of a gradient per sample."""
+    numbers, a matrix product per layer in place of a gradient per sample; where `linear_layers` refuses the model, or the two ways
+    differ on a few samples of the first batch, per sample."""
     check_choice("fisher kind", kind, FISHER_KINDS)
     if module is not None:
         batches = iter(batches)
         first = next(batches, None)
         if first is None: return {k: torch.zeros_like(v) for k, v in params.items()}
         batches = itertools.chain([first], batches)
-        if linear_layers(module, params, first[0], model_fn) is not None: return linear_fisher(model_fn, params, module, batches, kind)
+        if linear_layers(module, params, first[0], model_fn) is not None:
+            # the structural checks cannot see everything a forward may do (a weight also used by F.linear, an in-place op on a layer's
+            # output, samples mixed outside any module): the two ways must agree on a few samples of the first batch, else per sample
+            probe = [(first[0][:8], first[1][:8])]
+            a, b = linear_fisher(model_fn, params, module, probe, kind), _per_sample_fisher(model_fn, params, probe, kind)
+            if all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-6 * float(b[k].abs().max()) + 1e-12) for k in b):
+                return linear_fisher(model_fn, params, module, batches, kind)
+    return _per_sample_fisher(model_fn, params, batches, kind)
+
+def _per_sample_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str) -> dict:
+    "`diag_fisher` with a gradient per sample (`per_sample_grads`): any model."
     def log_lik(p, x, y): return -F.cross_entropy(model_fn(p, x), y)
     fisher, n = {k: torch.zeros_like(v) for k, v in params.items()}, 0
     for x, y in batches:
@@ -59,22 +70,29 @@ def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str =
 def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_fn: Callable) -> dict | None:
     """For each `nn.Linear` of `module` whose weight or bias is in `params`: the names of its weight and bias there (None where not
     trained); None if the layer-wise Fisher does not apply: a parameter of another kind, batch norm over the batch or dropout that
-    draws, a layer called twice in one forward or on inputs that are not rows of samples (seen on the batch `x`)."""
-    owner = {}
+    draws, a hook on a layer, a layer called twice in one forward, on inputs that are not one row per sample of the batch `x`, or
+    whose output is changed in place."""
+    owner, seen_params = {}, set()
     for name, m in module.named_modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training: return None
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats): return None
         if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0: return None
         if isinstance(m, torch.nn.Linear):
             names = tuple(f"{name}.{k}" if name else k for k in ("weight", "bias"))
-            if any(n in params for n in names): owner[m] = tuple(n if n in params else None for n in names)
+            if any(n in params for n in names):
+                if m._forward_hooks or m._forward_pre_hooks: return None  # a hook may change what the layer takes or gives
+                owner[m] = tuple(n if n in params else None for n in names)
     if not set(params) <= {n for names in owner.values() for n in names}: return None
     calls = []
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, i[0].dim(), o.dim()))) for m in owner]
+    def record(m, i, o):
+        ok = len(i) == 1 and torch.is_tensor(i[0]) and i[0].dim() == 2 and i[0].shape[0] == len(x) and o.dim() == 2
+        calls.append((m, ok, o, o._version))
+    hooks = [m.register_forward_hook(record) for m in owner]
     try:
         with torch.no_grad(): model_fn(params, x)
     finally:
         for h in hooks: h.remove()
-    if len({m for m, _, _ in calls}) < len(calls) or any((i, o) != (2, 2) for _, i, o in calls): return None
+    if len({m for m, *_ in calls}) < len(calls) or not all(ok for _, ok, _, _ in calls): return None
+    if any(o._version != v for _, _, o, v in calls): return None  # changed in place after the layer (an in-place activation)
     return owner
 
 def linear_fisher(model_fn: Callable, params: dict, module: torch.nn.Module, batches: Iterable, kind: str = "empirical") -> dict:

@@ -143,9 +143,11 @@ HOST_SYNC_OPS = {  # operations that need the device's values on the host: a rea
     _aten._local_scalar_dense: "a value read on the host (.item(), bool(), int(), float(), an `if` on a tensor)",
     _aten.nonzero: "nonzero (its output's size depends on the values)", _aten.masked_select: "masked_select (sized by the mask)",
     _aten._unique: "unique", _aten._unique2: "unique", _aten.unique_dim: "unique", _aten.unique_consecutive: "unique_consecutive",
-    _aten.equal: "torch.equal (a bool on the host)", _aten.is_nonzero: "a tensor's truth value", _aten.bincount: "bincount (sized by the max)",
+    _aten.equal: "torch.equal (a bool on the host)", _aten.allclose: "torch.allclose (a bool on the host)",
+    _aten.is_nonzero: "a tensor's truth value", _aten.bincount: "bincount (sized by the max)",
     _aten._linalg_eigh: "eigh/eigvalsh (the solver's status checked on the host)", _aten.linalg_eig: "eig (status checked on the host)",
-    _aten._linalg_svd: "svd (status checked on the host)", _aten.linalg_cholesky_ex: "cholesky (status checked on the host)"}
+    _aten._linalg_svd: "svd (status checked on the host)",
+    _aten._linalg_check_errors: "a solver's status checked on the host (inv, solve, cholesky, lu_factor)"}
 
 class HostSync(RuntimeError):
     "An operation of a training step that makes the host wait for the device."
@@ -159,12 +161,15 @@ def _from_optimizer() -> bool:
     return False
 
 class HostSyncAsError(TorchDispatchMode):
-    """Within it, an operation that would make the host wait for the device on a GPU (`HOST_SYNC_OPS`, and indexing with a boolean
-    mask) raises `HostSync` naming it, on any device: a CPU stand-in for `torch.cuda.set_sync_debug_mode("error")`. The optimizer's
-    own reads (a CPU optimizer's step counter) are let through."""
+    """Within it, an operation that would make the host wait for the device on a GPU (`HOST_SYNC_OPS`, indexing with a boolean mask,
+    `repeat_interleave` sized by its repeats) raises `HostSync` naming it, also on the CPU: a stand-in for
+    `torch.cuda.set_sync_debug_mode("error")` where there is no GPU. Copies to the host (`.cpu()`, `.tolist()`) of a CPU tensor never
+    reach it; the optimizer's own reads (a CPU optimizer's step counter) are let through."""
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         what = HOST_SYNC_OPS.get(func.overloadpacket)
         if what is None and func.overloadpacket in (_aten.index, _aten.index_put, _aten.index_put_) and len(args) > 1:
             if any(torch.is_tensor(i) and i.dtype == torch.bool for i in (args[1] or [])): what = "indexing with a boolean mask (sized by the mask)"
+        if what is None and func in (_aten.repeat_interleave.Tensor, _aten.repeat_interleave.self_Tensor) and (kwargs or {}).get("output_size") is None:
+            what = "repeat_interleave with tensor repeats and no output_size (sized by the values)"
         if what is not None and not _from_optimizer(): raise HostSync(f"{func}: {what}")
         return func(*args, **(kwargs or {}))
