@@ -16,8 +16,8 @@ from ..core import ConfigError, check_choice, check_positive_int
 from .base import CLAlgorithm, check_number
 
 # %% auto #0
-__all__ = ['FISHER_KINDS', 'per_sample_grads', 'diag_fisher', 'linear_layers', 'linear_fisher', 'grown', 'fold_quadratic',
-           'QuadraticPenalty', 'EWC', 'OnlineEWC']
+__all__ = ['FISHER_KINDS', 'per_sample_grads', 'diag_fisher', 'linear_like', 'linear_layers', 'linear_fisher', 'grown',
+           'fold_quadratic', 'QuadraticPenalty', 'EWC', 'OnlineEWC']
 
 # %% ../../nbs/06a_ewc.ipynb #5c050bd6
 def per_sample_grads(fn: Callable, params: dict, *inputs: torch.Tensor) -> dict:
@@ -67,8 +67,13 @@ def _per_sample_fisher(model_fn: Callable, params: dict, batches: Iterable, kind
     return {k: v / max(n, 1) for k, v in fisher.items()}
 
 # %% ../../nbs/06a_ewc.ipynb #44dcc0f6
+def linear_like(m: torch.nn.Module) -> bool:
+    """Whether `m` computes `F.linear(input, m.weight, m.bias)` of its first input: an `nn.Linear`, or a module that says so with a
+    class attribute `linear_on_first_input = True` (a CIL head that grows its rows, `HeadCIL`); the probe in `diag_fisher` checks it."""
+    return isinstance(m, torch.nn.Linear) or getattr(type(m), "linear_on_first_input", False) is True
+
 def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_fn: Callable) -> dict | None:
-    """For each `nn.Linear` of `module` whose weight or bias is in `params`: the names of its weight and bias there (None where not
+    """For each linear layer (`linear_like`) of `module` whose weight or bias is in `params`: the names of its weight and bias there (None where not
     trained); None if the layer-wise Fisher does not apply: a parameter of another kind, batch norm over the batch or dropout that
     draws, a hook on a layer, a layer called twice in one forward, on inputs that are not one row per sample of the batch `x`, or
     whose output is changed in place."""
@@ -76,7 +81,7 @@ def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_
     for name, m in module.named_modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats): return None
         if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0: return None
-        if isinstance(m, torch.nn.Linear):
+        if linear_like(m):
             names = tuple(f"{name}.{k}" if name else k for k in ("weight", "bias"))
             if any(n in params for n in names):
                 if m._forward_hooks or m._forward_pre_hooks: return None  # a hook may change what the layer takes or gives
@@ -84,7 +89,8 @@ def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_
     if not set(params) <= {n for names in owner.values() for n in names}: return None
     calls = []
     def record(m, i, o):
-        ok = len(i) == 1 and torch.is_tensor(i[0]) and i[0].dim() == 2 and i[0].shape[0] == len(x) and o.dim() == 2
+        ok = (torch.is_tensor(i[0]) and i[0].dim() == 2 and i[0].shape[0] == len(x) and o.dim() == 2
+              and not any(torch.is_tensor(a) for a in i[1:]))  # further arguments (a head's task id) must not be data
         calls.append((m, ok, o, o._version))
     hooks = [m.register_forward_hook(record) for m in owner]
     try:
@@ -98,7 +104,7 @@ def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_
 def linear_fisher(model_fn: Callable, params: dict, module: torch.nn.Module, batches: Iterable, kind: str = "empirical") -> dict:
     "`diag_fisher` layer by layer, for a `module` whose trainable parameters `linear_layers` accepts: $(w \\odot \\delta^2)^\\top a^2$ per layer."
     owner = {m: names for m, names in ((m, tuple(f"{n}.{k}" if n else k for k in ("weight", "bias"))) for n, m in module.named_modules()
-                                       if isinstance(m, torch.nn.Linear)) if any(k in params for k in names)}
+                                       if linear_like(m)) if any(k in params for k in names)}
     seen = {}
     hooks = [m.register_forward_hook(lambda m, i, o: seen.__setitem__(m, (i[0], o))) for m in owner]
     p = {k: v.detach().requires_grad_() for k, v in params.items()}  # only so that the layers' outputs are in a graph

@@ -49,6 +49,7 @@ class HeadTIL(nn.Module):
 class HeadCIL(nn.Module):
     "One linear head over the classes of a CIL benchmark: growing with each task's classes, or `fixed` over all `num_classes` from the first task."
     scenario = "CIL"
+    linear_on_first_input = True  # forward is F.linear(h, weight, bias): EWC's Fisher may take it layer by layer (06a)
     def __init__(self, input_dim: int, init_seed: int = 0, fixed: bool | None = False, num_classes: int | None = None):
         super().__init__()
         self.input_dim, self.init_seed, self.num_tasks = input_dim, init_seed, 0
