@@ -125,9 +125,12 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 # %% ../nbs/07_loop.ipynb #905a1472
 def quiet_lightning(level=logging.WARNING):
-    "Silence Lightning's per-Trainer banners (device summary, tips): a run makes one Trainer per task."
+    "Silence Lightning's per-Trainer banners (device summary, tips) and its warning about an empty validation split: a run makes one Trainer per task."
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"): logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # a run with no validation split passes `[]` as the validation loaders (no validation loop): Lightning warns about the empty
+    # list on every task; only a list can match (the training batches are never one)
+    warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
 NAME_ARGS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # loggers whose `version` is not a name we choose
 

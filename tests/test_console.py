@@ -25,3 +25,18 @@ def test_arena_help_shows_the_default_sweep():
     params = yaml.safe_load((Path(clarena.__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
     assert "default sweep" in p.stdout and all(f"  {k}={v}" in p.stdout for k, v in params.items()), p.stdout
     assert "= 12 runs" in p.stdout  # finetuning,hat x permuted_mnist,split_mnist x seeds 0,1,2
+
+
+def test_empty_validation_split_warning_is_filtered_and_only_it():
+    "A run with no validation split passes `[]` as its validation loaders: Lightning's warning about it is hidden; an empty DataLoader still warns."
+    import torch
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.data import has_len_all_ranks
+    from clarena.loop import quiet_lightning
+    strategy = SingleDeviceStrategy(torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        has_len_all_ranks([], strategy)  # what a run without a validation split gives Lightning
+        has_len_all_ranks(torch.utils.data.DataLoader([]), strategy)  # an empty loader of another kind is still reported
+    assert [str(w.message).split(" across")[0] for w in seen] == ["Total length of `DataLoader`"], [str(w.message) for w in seen]
