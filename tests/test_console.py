@@ -40,3 +40,21 @@ def test_empty_validation_split_warning_is_filtered_and_only_it():
         has_len_all_ranks([], strategy)  # what a run without a validation split gives Lightning
         has_len_all_ranks(torch.utils.data.DataLoader([]), strategy)  # an empty loader of another kind is still reported
     assert [str(w.message).split(" across")[0] for w in seen] == ["Total length of `DataLoader`"], [str(w.message) for w in seen]
+
+
+def test_a_task_with_no_validation_samples_is_named():
+    "With `data.val_size` too small for a task to get any validation rows, the run says which task and what to change; with 0, nothing."
+    import pytest
+    from clarena.data.split import SplitDataModule
+    dm = SplitDataModule("mnist", num_tasks=5, scenario="TIL", root="/nonexistent", seed=0, val_size=1, source="bundled")
+    dm.setup()
+    tasks = [t for t in range(5) if (dm.setup_task(t), len(dm.val_view))[1] == 0]
+    assert len(tasks) == 4  # the one validation row belongs to one task
+    dm.setup_task(tasks[0])
+    with pytest.warns(UserWarning, match=rf"task {tasks[0]} has no validation samples: data.val_size=1 drew 1 .*raise data.val_size"):
+        assert dm.val_dataloader() == []
+    quiet = SplitDataModule("mnist", num_tasks=5, scenario="TIL", root="/nonexistent", seed=0, val_size=0, source="bundled")
+    quiet.setup(); quiet.setup_task(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quiet.val_dataloader() == []

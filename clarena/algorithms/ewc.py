@@ -33,7 +33,7 @@ def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str =
     """The diagonal Fisher information of the classifier `model_fn(params, x) -> logits` at `params`, averaged over the samples of
     `batches` (`(x, y)` pairs): `empirical` squares the gradient of $\\log p(y \\mid x)$ at the true label $y$; `exact` takes the true Fisher's exact
     expectation over the model's prediction, $\\sum_c p(c \\mid x)\\,(\\nabla \\log p(c \\mid x))^2$. With `module` (the model
-    `model_fn` runs) whose trainable parameters are all `nn.Linear` weights and biases, layer by layer (`linear_fisher`): the same
+    `model_fn` runs) whose trainable parameters are all weights and biases of linear layers (`linear_like`), layer by layer (`linear_fisher`): the same
     numbers, a matrix product per layer in place of a gradient per sample; where `linear_layers` refuses the model, or the two ways
     differ on a few samples of the first batch, per sample."""
     check_choice("fisher kind", kind, FISHER_KINDS)
@@ -46,8 +46,9 @@ def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str =
             # the structural checks cannot see everything a forward may do (a weight also used by F.linear, an in-place op on a layer's
             # output, samples mixed outside any module): the two ways must agree on a few samples of the first batch, else per sample
             probe = [(first[0][:8], first[1][:8])]
-            a, b = linear_fisher(model_fn, params, module, probe, kind), _per_sample_fisher(model_fn, params, probe, kind)
-            if all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-6 * float(b[k].abs().max()) + 1e-12) for k in b):
+            try: a, b = linear_fisher(model_fn, params, module, probe, kind), _per_sample_fisher(model_fn, params, probe, kind)
+            except RuntimeError: a = None  # a module that broke its `linear_like` promise (shapes that do not fit): per sample
+            if a is not None and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-6 * float(b[k].abs().max()) + 1e-12) for k in b):
                 return linear_fisher(model_fn, params, module, batches, kind)
     return _per_sample_fisher(model_fn, params, batches, kind)
 
@@ -68,15 +69,17 @@ def _per_sample_fisher(model_fn: Callable, params: dict, batches: Iterable, kind
 
 # %% ../../nbs/06a_ewc.ipynb #44dcc0f6
 def linear_like(m: torch.nn.Module) -> bool:
-    """Whether `m` computes `F.linear(input, m.weight, m.bias)` of its first input: an `nn.Linear`, or a module that says so with a
-    class attribute `linear_on_first_input = True` (a CIL head that grows its rows, `HeadCIL`); the probe in `diag_fisher` checks it."""
-    return isinstance(m, torch.nn.Linear) or getattr(type(m), "linear_on_first_input", False) is True
+    """Whether `m` is a linear layer for the layer-wise Fisher: an `nn.Linear`, or a module whose own class (not a parent's: a subclass
+    may change `forward`) sets `linear_on_first_input = True`, promising that its output is exactly `F.linear(args[0], m.weight,
+    m.bias)`, that `weight` and `bias` are its only parameters, and that its other arguments (a head's task id) do not change the
+    output. `HeadCIL` does; `diag_fisher`'s probe checks the promise on the first batch."""
+    return isinstance(m, torch.nn.Linear) or vars(type(m)).get("linear_on_first_input") is True
 
 def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_fn: Callable) -> dict | None:
     """For each linear layer (`linear_like`) of `module` whose weight or bias is in `params`: the names of its weight and bias there (None where not
     trained); None if the layer-wise Fisher does not apply: a parameter of another kind, batch norm over the batch or dropout that
-    draws, a hook on a layer, a layer called twice in one forward, on inputs that are not one row per sample of the batch `x`, or
-    whose output is changed in place."""
+    draws, a hook on a layer, a layer called twice in one forward, or on an input that is not its first positional argument with one
+    row per sample of the batch `x`, further arguments that are tensors, or an output changed in place."""
     owner, seen_params = {}, set()
     for name, m in module.named_modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats): return None
@@ -88,11 +91,11 @@ def linear_layers(module: torch.nn.Module, params: dict, x: torch.Tensor, model_
                 owner[m] = tuple(n if n in params else None for n in names)
     if not set(params) <= {n for names in owner.values() for n in names}: return None
     calls = []
-    def record(m, i, o):
-        ok = (torch.is_tensor(i[0]) and i[0].dim() == 2 and i[0].shape[0] == len(x) and o.dim() == 2
-              and not any(torch.is_tensor(a) for a in i[1:]))  # further arguments (a head's task id) must not be data
-        calls.append((m, ok, o, o._version))
-    hooks = [m.register_forward_hook(record) for m in owner]
+    def record(m, i, kw, o):
+        ok = (len(i) >= 1 and torch.is_tensor(i[0]) and i[0].dim() == 2 and i[0].shape[0] == len(x) and torch.is_tensor(o) and o.dim() == 2
+              and not any(torch.is_tensor(a) for a in (*i[1:], *kw.values())))  # the input by position; other arguments not data
+        calls.append((m, ok, o, o._version if torch.is_tensor(o) else None))
+    hooks = [m.register_forward_hook(record, with_kwargs=True) for m in owner]
     try:
         with torch.no_grad(): model_fn(params, x)
     finally:

@@ -7,6 +7,7 @@ Docs: https://clarena-dev.github.io/clarena/data.html.md"""
 # %% ../../nbs/01_data.ipynb #a8e7a17b
 from __future__ import annotations
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -176,7 +177,11 @@ class CLDataModule(L.LightningDataModule):
         return self._serve(TensorBatches(self.train_view, self.batch_size, shuffle=True, seed=self.seed * 1000 + self.task_id))
 
     def val_dataloader(self):
-        return self._serve(TensorBatches(self.val_view, self.eval_batch_size)) if len(self.val_view) else []
+        "The current task's validation batches; `[]` where it has none (no validation that task: Lightning runs no validation loop)."
+        if len(self.val_view): return self._serve(TensorBatches(self.val_view, self.eval_batch_size))
+        if self.val_size: warnings.warn(f"task {self.task_id} has no validation samples: data.val_size={self.val_size} drew {len(self.val_rows)} "
+                                        f"from the whole training split and none of this task's; raise data.val_size (or set it to 0)")
+        return []
 
     def test_dataloader(self, task_ids=None):
         "One loader per task in `task_ids` (default: every task seen so far), in that order."
