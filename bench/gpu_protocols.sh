@@ -11,7 +11,7 @@
 #   tar xzf OUT_DIR/three_scenarios-runs.tgz -C reports/arena/three_scenarios --skip-old-files
 source "$(dirname "$0")/gpu_common.sh"
 S=${S:-400}
-ARENA=(python3 -c "from clarena.arena import main; main()")
+ARENA=(python3 -c "from clarena.league import main; main()")  # clarena-arena: a preset is a league
 touch /tmp/protocols.start
 for p in der_paper three_scenarios; do
   mkdir -p /tmp/arena/$p; [ -d reports/arena/$p ] && cp -rn reports/arena/$p/. /tmp/arena/$p/

@@ -417,7 +417,9 @@ def default_sweep() -> str:
     params = yaml.safe_load((Path(__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
     n = math.prod(len(str(v).split(",")) for v in params.values())
     return "\n".join(["default sweep (each key can be overridden, e.g. 'seed=0,1'):", *(f"  {k}={v}" for k, v in params.items()),
-                      f"  = {n} runs into <paths.log_dir>/arena/default (arena.name=default)"])
+                      f"  = {n} runs into <paths.log_dir>/arena/default (arena.name=default)",
+                      f"a paper's protocol instead: clarena-arena preset=<{'|'.join(sorted(p.stem for p in (Path(__file__).parent / 'conf' / 'preset').glob('*.yaml')))}> (its options: "
+                      "clarena-arena preset=der_paper --help; the runs it plans: dry_run=true)"])
 
 def main():
     "A plain arena, `clarena-arena` without `preset=` (`clarena.league.main` dispatches): always a Hydra multirun; exit status 1 if any of its runs failed (they are listed in the report)."

@@ -18,10 +18,11 @@ from matplotlib.figure import Figure
 from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
-__all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'presets', 'load_preset', 'shrink_preset', 'algorithm_class',
-           'data_at_hand', 'run_hparams', 'preset_configs', 'run_league', 'train_steps', 'league_rows', 'league_table',
-           'league_markdown', 'plot_league', 'order_verdict', 'check_orders', 'orders_markdown', 'protocol_table',
-           'protocol_markdown', 'load_selected', 'league_options', 'dry_run_listing', 'league_main', 'main']
+__all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'LEAGUE_HELP', 'presets', 'load_preset', 'shrink_preset',
+           'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'run_league', 'train_steps',
+           'league_rows', 'league_table', 'league_markdown', 'plot_league', 'order_verdict', 'check_orders',
+           'orders_markdown', 'protocol_table', 'protocol_markdown', 'load_selected', 'league_options',
+           'dry_run_listing', 'league_main', 'main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -120,6 +121,10 @@ def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list =
     preset = load_preset(preset) if isinstance(preset, str) else preset
     runs, skipped = preset_configs(preset, overrides, selected)
     arena_dir = Path(arena_dir)
+    if not runs:  # before the arena's directory and lock: nothing to run is bad input, not an empty report with exit status 0
+        reasons = sorted({s.split(": ", 1)[-1] for s in skipped})
+        raise ConfigError(f"the preset plans no runs with these options and overrides; every row was left out: {'; '.join(reasons[:3])}"
+                          + (f" (and {len(reasons) - 3} other reasons)" if len(reasons) > 3 else ""))
     for line in skipped: print(f"[clarena-league] left out: {line}", flush=True)
     cfgs = []
     for bench, label, cfg in runs:  # the league's names go with the run (arena.* is not part of a run's identity)
@@ -331,10 +336,37 @@ def dry_run_listing(preset: dict, overrides: list = (), selected: dict | None = 
     out = [f"{len(runs)} runs"] + [f"  {b} | {a} | seeds {s} | hyperparameters: {h}" for (b, a, h), s in groups.items()]
     return "\n".join(out + [f"left out: {x}" for x in skipped])
 
+LEAGUE_HELP = """clarena-arena preset=<name> [options] [Hydra overrides for every run]: a protocol's league, each run skipped if finished
+options (comma-separated lists):
+  seeds=0,1,2               these seeds only (default: the preset's)
+  buffer_sizes=200,500      these replay buffer sizes only
+  only_benchmarks=A,B       these benchmark rows only (the preset's labels; quote them: "only_benchmarks=Split FMNIST TIL")
+  only_algorithms=A,B       these algorithm rows only
+  n_jobs=2                  runs at once
+  dry_run=true              list the runs and what is left out, train nothing
+  arena.dir=DIR             where the runs go (default logs/arena/<preset>, under paths.log_dir)
+  arena.name=NAME           logs/arena/NAME instead
+  selected=FILE             hyperparameters chosen by clarena.selection in place of the published ones
+presets: {presets}"""
+
+def _near_option(args: list) -> str:
+    "' (did you mean seeds=?)' for an argument whose key is close to a league option's, else ''."
+    import difflib
+    for a in args:
+        key = a.split("=", 1)[0]
+        near = difflib.get_close_matches(key, LEAGUE_OPTIONS, n=1, cutoff=0.75)
+        if key not in LEAGUE_OPTIONS and near: return f" (did you mean {near[0]}=, a league option, in place of {key}=?)"
+    return ""
+
 def league_main(preset: str, args: list) -> int:
-    "`clarena-arena preset=<preset> [args]`: run the preset's league (or, with `dry_run=true`, list its runs); the exit status."
+    "`clarena-arena preset=<preset> [args]`: run the preset's league (or, with `dry_run=true`, list its runs; `--help`: the options); the exit status."
     import sys
     from clarena.checkpoints import atomic_write
+    if any(a in ("--help", "-h") for a in args):
+        print(LEAGUE_HELP.format(presets=", ".join(presets())), flush=True); return 0
+    if bad := [a for a in args if "=" not in a]:
+        print(f"clarena: configuration error: {bad[0]!r} is neither a league option nor an override (key=value); clarena-arena preset={preset} --help "
+              f"lists the options", file=sys.stderr); return 2
     try: p, opts, overrides, selected = league_options(preset, args)
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
@@ -343,8 +375,8 @@ def league_main(preset: str, args: list) -> int:
     log_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("paths.log_dir=")), "logs")  # as a plain arena's dir
     arena_dir = Path(opts.get("arena.dir") or Path(log_dir) / "arena" / opts.get("arena.name", preset))
     try: report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
-    except ConfigError as e:  # the arena is in use by another process: nothing ran
-        print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
+    except ConfigError as e:  # no runs planned, or the arena is in use by another process: nothing ran
+        print(f"clarena: configuration error: {e}{_near_option(overrides)}", file=sys.stderr); return 2
     rows = league_rows(arena_dir, p, overrides, selected)
     md = f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(rows))
     if p.get("orders") or p.get("published"):

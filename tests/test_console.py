@@ -25,6 +25,7 @@ def test_arena_help_shows_the_default_sweep():
     params = yaml.safe_load((Path(clarena.__file__).parent / "conf" / "arena.yaml").read_text())["hydra"]["sweeper"]["params"]
     assert "default sweep" in p.stdout and all(f"  {k}={v}" in p.stdout for k, v in params.items()), p.stdout
     assert "= 12 runs" in p.stdout  # finetuning,hat x permuted_mnist,split_mnist x seeds 0,1,2
+    assert "clarena-arena preset=der_paper --help" in p.stdout  # where the protocols' options are
 
 
 def test_empty_validation_split_warning_is_filtered_and_only_it():

@@ -50,6 +50,22 @@ def test_cli_dry_run_lists_runs_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "DER+++" in bad.stderr
 
 
+def test_cli_help_and_a_league_with_no_runs(tmp_path, capsys):
+    "`--help` lists the options; an argument that is no key=value, or options that leave no run (a typo: seed= for seeds=), are refused in one line, exit 2, nothing written."
+    assert league_main("league_small", ["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {k}=" in out for k in ("seeds", "buffer_sizes", "only_benchmarks", "only_algorithms", "n_jobs", "dry_run", "arena.dir")), out
+    assert "der_paper" in out and "three_scenarios" in out
+    assert league_main("league_small", ["oops", f"arena.dir={tmp_path / 'a'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "'oops' is neither a league option nor an override" in err, err
+    assert league_main("league_small", ["seed=0,1", f"arena.dir={tmp_path / 'a'}", f"paths.data_dir={tmp_path / 'none'}"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.strip().count("\n") == 0 and "plans no runs" in cap.err and "did you mean seeds=" in cap.err, cap.err
+    assert "left out" not in cap.out  # the one line says why
+    assert not (tmp_path / "a").exists()  # no arena directory, no lock
+
+
 def test_league_into_an_arena_in_use_is_refused_before_any_run(tmp_path):
     "Two leagues in one arena directory would train the same runs into the same folders: the second is refused, one line, exit 2."
     d = tmp_path / "arena"
