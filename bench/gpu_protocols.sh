@@ -18,7 +18,7 @@ for p in der_paper three_scenarios; do
 done
 ( timeout "$S" "${ARENA[@]}" preset=der_paper arena.dir=/tmp/arena/der_paper n_jobs=11 paths.data_dir="$DATA" \
     > "$OUT/der_paper.log" 2>&1; echo "der_paper exit $?" >> "$OUT/der_paper.log" ) &
-( timeout "$S" "${ARENA[@]}" preset=three_scenarios "only_benchmarks=Permuted FMNIST TIL,Permuted FMNIST DIL" \
+( timeout "$S" "${ARENA[@]}" preset=three_scenarios "only_benchmarks=Permuted FMNIST TIL,Permuted FMNIST DIL,Permuted FMNIST CIL" \
     arena.dir=/tmp/arena/three_scenarios n_jobs=3 trainer=gpu paths.data_dir="$DATA" \
     > "$OUT/three_scenarios.log" 2>&1; echo "three_scenarios exit $?" >> "$OUT/three_scenarios.log" ) &
 [ "${RUN_GPU_TEST:-1}" = 1 ] && timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_algorithms.py > "$OUT/test_gpu_algorithms.log" 2>&1; echo "pytest exit $?" >> "$OUT/test_gpu_algorithms.log"

@@ -66,8 +66,9 @@ def test_hat_refuses_dil_exit_status_2(tmp_path, no_data_root, monkeypatch, caps
     ("pmnist_finetuning", ["model/head=dil"], "PermutedDataModule in scenario TIL needs a TIL head (model/head=til), got a DIL head (HeadDIL)"),
     ("pmnist_dil_finetuning", ["model/head=til"], "PermutedDataModule in scenario DIL needs a DIL head (model/head=dil), got a TIL head"),
     ("smnist_dil_finetuning", ["model/head=cil"], "SplitDataModule in scenario DIL needs a DIL head (model/head=dil), got a CIL head"),
-    # permuted tasks share their classes: there is no class-incremental version
-    ("pmnist_finetuning", ["data.scenario=CIL", "model/head=cil"], "unknown scenario for PermutedDataModule 'CIL'; valid choices: 'TIL', 'DIL'"),
+    # rotated tasks share their classes: no class-incremental version (permuted has van de Ven & Tolias' one: 10 t + d)
+    ("pmnist_dil_finetuning", ["data=rotated_fashion_mnist", "data.scenario=CIL", "model/head=cil"], "unknown scenario for RotatedDataModule 'CIL'; valid choices: 'TIL', 'DIL'"),
+    ("pmnist_finetuning", ["data.scenario=CIL", "model/head=til"], "PermutedDataModule in scenario CIL needs a CIL head (model/head=cil)"),
 ])
 def test_wrong_head_or_scenario_refused(tmp_path, no_data_root, experiment, overrides, message):
     with pytest.raises(ConfigError) as e:

@@ -93,6 +93,13 @@ def test_three_scenarios_settings_are_the_papers(tmp_path):
     assert (s.model.algorithm.strength, q.model.algorithm.strength) == (500.0, 5.0)
     assert c[("Split FMNIST DIL", "EWC")].model.algorithm.strength == 1.0e6
     assert (c[("Split FMNIST DIL", "Online EWC")].model.algorithm.strength, c[("Split FMNIST DIL", "Online EWC")].model.algorithm.gamma) == (1.0e8, 0.7)
+    # Permuted in Class-IL, as the paper's code runs it: 10 tasks, a growing head, its class-scenario strengths
+    p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Permuted FMNIST CIL"], ["EWC", "Online EWC", "SI"])
+    c = {a: x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
+    q = c["SI"]
+    assert (q.data._target_, q.data.scenario, q.data.num_tasks, q.model.head._target_) == ("clarena.data.permuted.PermutedDataModule", "CIL", 10, "clarena.models.heads.HeadCIL")
+    assert (list(q.model.backbone.hidden_dims), q.model.optimizer.lr, q.trainer.max_steps, q.data.batch_size) == ([1000, 1000], 0.0001, 5000, 128)
+    assert (q.model.algorithm.strength, c["EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.gamma) == (0.1, 1.0, 5.0, 1.0)
 
 
 @needs_fashion
@@ -133,6 +140,19 @@ def test_three_scenarios_replay_above_finetuning_in_class_il(tmp_path):
                                            f"paths.log_dir={tmp_path / 'logs'}", "n_jobs=1"]) == 0
     md = (arena / "league.md").read_text()
     assert "## Published orders" in md and "| Split FMNIST CIL | ER (500) > None |" in md and "0.1990" in md
+
+
+@needs_fashion
+def test_three_scenarios_permuted_class_il(tmp_path):
+    """Permuted Fashion-MNIST in Class-IL (digit d of permutation t is class 10 t + d), two tasks of 40 steps at lr 0.001: None
+    loses the first permutation entirely (its images are now read as the second's classes), ER (500) keeps most of it."""
+    p = shrink_preset(load_preset("three_scenarios"), [0], [500], ["Permuted FMNIST CIL"], ["None", "ER"])
+    ov = ["data.num_tasks=2", "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.deterministic=true", "model.optimizer.lr=0.001",
+          f"paths.data_dir={tmp_path / 'none'}"]
+    assert run_league(p, tmp_path / "arena", n_jobs=1, overrides=ov)["failed"] == 0
+    acc = {r["algorithm"]: r["acc_matrix"] for r in league_rows(tmp_path / "arena", p, ov)}
+    assert acc["None"][0][0] > 0.6 and acc["None"][1][0] < 0.05, acc
+    assert acc["ER (500)"][1][0] > 0.6 and min(acc["None"][1][1], acc["ER (500)"][1][1]) > 0.6, acc
 
 
 @needs_fashion

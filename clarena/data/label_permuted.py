@@ -16,6 +16,7 @@ __all__ = ['LabelPermutedDataModule']
 # %% ../../nbs/01g_label_permuted.ipynb #2b72c082
 class LabelPermutedDataModule(PermutedDataModule):
     "Each task is `dataset` with its classes renamed by a fixed random permutation drawn from `seed`; with `permute_pixels`, its pixels permuted too."
+    scenarios = ("TIL", "DIL")  # the renamed labels are the task's only change: no classes of its own (not the permuted benchmark's CIL)
     def __init__(self, dataset: str = "mnist", num_tasks: int = 100, first_task_identity: bool = True, permute_pixels: bool = False, **kwargs):
         super().__init__(dataset=dataset, num_tasks=num_tasks, first_task_identity=first_task_identity, **kwargs)
         self.permute_pixels = permute_pixels

@@ -25,7 +25,7 @@ def permute_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 # %% ../../nbs/01a_permuted.ipynb #8d426ba3
 class PermutedDataModule(CLDataModule):
     "Each task is `dataset` with a fixed pixel permutation drawn from `seed`; all tasks share the classes."
-    scenarios = ("TIL", "DIL")
+    scenarios = ("TIL", "DIL", "CIL")
 
     def __init__(self, dataset: str = "mnist", num_tasks: int = 10, first_task_identity: bool = True, **kwargs):
         super().__init__(dataset=dataset, num_tasks=num_tasks, **kwargs)
@@ -35,8 +35,12 @@ class PermutedDataModule(CLDataModule):
         self.perms = [torch.arange(n) if (t == 0 and first_task_identity) else torch.randperm(n, generator=g)
                       for t in range(num_tasks)]
 
-    def task_classes(self, task_id: int) -> list[int]: return list(range(self.info.num_classes))
+    def task_classes(self, task_id: int) -> list[int]:
+        "The digits (TIL, DIL), or in CIL the task's own classes: digit d of task t is class `10 t + d` (van de Ven & Tolias 2019)."
+        k = self.info.num_classes
+        return list(range(task_id * k, (task_id + 1) * k)) if self.scenario == "CIL" else list(range(k))
 
     def _make_view(self, task_id, x, y, rows):
         xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+        if self.scenario == "CIL": ys = ys + task_id * self.info.num_classes
         return TaskView(permute_pixels(xs, self.perms[task_id]), ys, normalizer(self.info, x.device), rows)
