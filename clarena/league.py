@@ -92,7 +92,10 @@ def preset_configs(preset: dict, overrides: list = (), selected: dict | None = N
     for bench, b in preset["benchmarks"].items():
         probe, err = _compose(b["experiment"], [*b.get("overrides", []), *overrides])
         if err: skipped.append(f"{bench}: {err}"); continue
-        if not data_at_hand(probe, b.get("full_data", False)): skipped.append(f"{bench}: no {'full ' if b.get('full_data') else ''}data"); continue
+        if not data_at_hand(probe, b.get("full_data", False)):
+            what = "+".join(p["dataset"] for p in probe.data.parts) if probe.data.get("parts") else probe.data.dataset
+            skipped.append(f"{bench}: no {'full ' if b.get('full_data') else ''}data ({what} in paths.data_dir"
+                           + (", more than the bundled sample)" if b.get("full_data") else ")")); continue
         for algo, entry in preset["algorithms"].items():
             base = [*b.get("overrides", []), *_entry(entry)["overrides"]]
             cfg, err = _compose(b["experiment"], [*base, *preset.get("common", []), *overrides])
@@ -314,6 +317,8 @@ LEAGUE_OPTIONS = ("arena.name", "arena.dir", "n_jobs", "dry_run", "seeds", "buff
 
 def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | None]:
     "The preset (cut down by `seeds=`, `buffer_sizes=`, `only_benchmarks=`, `only_algorithms=`: comma-separated), the options, the overrides and the selection; `ConfigError` on bad input."
+    if any(a.split("=", 1)[0].lstrip("+") == "seed" for a in args):  # each run's seed is the league's: seed= would be overwritten
+        raise ConfigError("seed= is set by the league for each run; choose them with seeds=0,1,2")
     opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in LEAGUE_OPTIONS)
     overrides = [a for a in args if a.split("=", 1)[0] not in LEAGUE_OPTIONS]
     def items(k): return None if k not in opts else [x.strip() for x in opts[k].split(",") if x.strip()]
@@ -364,19 +369,23 @@ def league_main(preset: str, args: list) -> int:
     from clarena.checkpoints import atomic_write
     if any(a in ("--help", "-h") for a in args):
         print(LEAGUE_HELP.format(presets=", ".join(presets())), flush=True); return 0
-    if bad := [a for a in args if "=" not in a]:
-        print(f"clarena: configuration error: {bad[0]!r} is neither a league option nor an override (key=value); clarena-arena preset={preset} --help "
+    if flags := [a for a in args if a.startswith("-")]:
+        print(f"clarena: configuration error: {flags[0]} is a Hydra flag, and a league runs its own jobs (runs at once: n_jobs=); "
+              f"clarena-arena preset={preset} --help lists the options", file=sys.stderr); return 2
+    if bad := [a for a in args if "=" not in a and not a.startswith("~")]:  # ~key deletes a key: a Hydra override without '='
+        print(f"clarena: configuration error: {bad[0]!r} is neither a league option nor an override (key=value, ~key); clarena-arena preset={preset} --help "
               f"lists the options", file=sys.stderr); return 2
     try: p, opts, overrides, selected = league_options(preset, args)
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
     if opts["dry_run"] == "true":
-        print(dry_run_listing(p, overrides, selected), flush=True); return 0
+        listing = dry_run_listing(p, overrides, selected)
+        print(listing, flush=True); return 2 if listing.startswith("0 runs") else 0
     log_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("paths.log_dir=")), "logs")  # as a plain arena's dir
     arena_dir = Path(opts.get("arena.dir") or Path(log_dir) / "arena" / opts.get("arena.name", preset))
     try: report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
     except ConfigError as e:  # no runs planned, or the arena is in use by another process: nothing ran
-        print(f"clarena: configuration error: {e}{_near_option(overrides)}", file=sys.stderr); return 2
+        print(f"clarena: configuration error: {e}{_near_option(overrides) if 'does not compose' in str(e) else ''}", file=sys.stderr); return 2
     rows = league_rows(arena_dir, p, overrides, selected)
     md = f"# League: {preset}" + chr(10) * 2 + league_markdown(league_table(rows))
     if p.get("orders") or p.get("published"):

@@ -59,10 +59,16 @@ def test_cli_help_and_a_league_with_no_runs(tmp_path, capsys):
     assert league_main("league_small", ["oops", f"arena.dir={tmp_path / 'a'}"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "'oops' is neither a league option nor an override" in err, err
-    assert league_main("league_small", ["seed=0,1", f"arena.dir={tmp_path / 'a'}", f"paths.data_dir={tmp_path / 'none'}"]) == 2
+    assert league_main("league_small", ["only_algorithm=ER", f"arena.dir={tmp_path / 'a'}", f"paths.data_dir={tmp_path / 'none'}"]) == 2
     cap = capsys.readouterr()
-    assert cap.err.strip().count("\n") == 0 and "plans no runs" in cap.err and "did you mean seeds=" in cap.err, cap.err
+    assert cap.err.strip().count("\n") == 0 and "plans no runs" in cap.err and "did you mean only_algorithms=" in cap.err, cap.err
     assert "left out" not in cap.out  # the one line says why
+    assert league_main("league_small", ["seed=3", f"arena.dir={tmp_path / 'a'}"]) == 2  # the league sets each run's seed
+    assert "choose them with seeds=" in capsys.readouterr().err
+    assert league_main("league_small", ["-m", f"arena.dir={tmp_path / 'a'}"]) == 2
+    assert "-m is a Hydra flag" in capsys.readouterr().err
+    assert league_main("league_small", ["~trainer.enable_progress_bar", "dry_run=true", f"paths.data_dir={tmp_path / 'none'}"]) == 0  # ~key: an override
+    assert capsys.readouterr().out.startswith("6 runs")
     assert not (tmp_path / "a").exists()  # no arena directory, no lock
 
 

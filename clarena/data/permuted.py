@@ -24,7 +24,7 @@ def permute_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 # %% ../../nbs/01a_permuted.ipynb #8d426ba3
 class PermutedDataModule(CLDataModule):
-    "Each task is `dataset` with a fixed pixel permutation drawn from `seed`; all tasks share the classes."
+    "Each task is `dataset` with a fixed pixel permutation drawn from `seed`: the same digits (TIL, DIL), or ten classes of its own (CIL: 10 t + d)."
     scenarios = ("TIL", "DIL", "CIL")
 
     def __init__(self, dataset: str = "mnist", num_tasks: int = 10, first_task_identity: bool = True, **kwargs):
