@@ -73,7 +73,8 @@ def test_multirun_and_run_dir(tmp_path, no_data_root):
     (["trainer.max_epochs=-1"], 2, "trainer.max_epochs must be an integer >= 1, got -1"),
     (["experiment=smnist_cil_finetuning", "model/algorithm=hat"], 2, "HAT is defined for scenarios TIL, not CIL"),
     (["data.scenario=XIL"], 2, "unknown data.scenario 'XIL'; valid choices: 'TIL', 'CIL', 'DIL'"),
-    (["data.scenario=CIL"], 2, "unknown scenario for PermutedDataModule 'CIL'; valid choices: 'TIL'"),
+    (["data=rotated_fashion_mnist", "data.scenario=CIL"], 2, "unknown scenario for RotatedDataModule 'CIL'; valid choices: 'TIL'"),
+    (["data.scenario=CIL"], 2, "PermutedDataModule in scenario CIL needs a CIL head (model/head=cil)"),
     (["data.num_tasks=-1"], 2, "data.num_tasks must be an integer >= 1, got -1"),
     (["-m", "data.batch_size=0"], 2, "data.batch_size must be an integer >= 1, got 0"),
     # issue 22: tracebacks, values that trained and then failed, and values silently accepted; each one line, exit 2, nothing left
