@@ -19,9 +19,9 @@ from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
 __all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'LEAGUE_HELP', 'presets', 'load_preset', 'shrink_preset',
-           'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'run_league', 'train_steps',
-           'league_rows', 'league_table', 'league_markdown', 'plot_league', 'order_verdict', 'check_orders',
-           'orders_markdown', 'protocol_table', 'protocol_markdown', 'load_selected', 'league_options',
+           'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'no_runs_error', 'run_league',
+           'train_steps', 'league_rows', 'league_table', 'league_markdown', 'plot_league', 'order_verdict',
+           'check_orders', 'orders_markdown', 'protocol_table', 'protocol_markdown', 'load_selected', 'league_options',
            'dry_run_listing', 'league_main', 'main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
@@ -116,6 +116,12 @@ def preset_configs(preset: dict, overrides: list = (), selected: dict | None = N
     return out, skipped
 
 # %% ../nbs/10b_league.ipynb #c7c469ee
+def no_runs_error(skipped: list) -> ConfigError:
+    "The error for a preset whose every row was left out (`skipped`, as `preset_configs` lists them): its reasons, once each."
+    reasons = sorted({s.split(": ", 1)[-1] for s in skipped})
+    return ConfigError(f"the preset plans no runs with these options and overrides; every row was left out: {'; '.join(reasons[:3])}"
+                       + (f" (and {len(reasons) - 3} other reasons)" if len(reasons) > 3 else ""))
+
 def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list = (), selected: dict | None = None) -> dict:
     """Run every run of `preset` into `arena_dir` (finished ones are skipped), `n_jobs` at a time, holding the arena's lock (`lock_arena`:
     a second league or arena in the same directory is refused, naming this one); write and return the arena's report."""
@@ -124,10 +130,7 @@ def run_league(preset: str | dict, arena_dir, n_jobs: int = 2, overrides: list =
     preset = load_preset(preset) if isinstance(preset, str) else preset
     runs, skipped = preset_configs(preset, overrides, selected)
     arena_dir = Path(arena_dir)
-    if not runs:  # before the arena's directory and lock: nothing to run is bad input, not an empty report with exit status 0
-        reasons = sorted({s.split(": ", 1)[-1] for s in skipped})
-        raise ConfigError(f"the preset plans no runs with these options and overrides; every row was left out: {'; '.join(reasons[:3])}"
-                          + (f" (and {len(reasons) - 3} other reasons)" if len(reasons) > 3 else ""))
+    if not runs: raise no_runs_error(skipped)  # before the arena's directory and lock: bad input, not an empty report with exit status 0
     for line in skipped: print(f"[clarena-league] left out: {line}", flush=True)
     cfgs = []
     for bench, label, cfg in runs:  # the league's names go with the run (arena.* is not part of a run's identity)
@@ -333,9 +336,8 @@ def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | No
     check_choice("dry_run", opts.setdefault("dry_run", "false"), ("true", "false"))
     return p, opts, overrides, load_selected(opts["selected"]) if opts.get("selected") else None
 
-def dry_run_listing(preset: dict, overrides: list = (), selected: dict | None = None) -> str:
-    "What the preset would run: per benchmark and row, the seeds and where the hyperparameters come from; then what is left out and why."
-    runs, skipped = preset_configs(preset, overrides, selected)
+def dry_run_listing(runs: list, skipped: list) -> str:
+    "What a preset would run (`preset_configs`' runs and left-out rows): per benchmark and row, the seeds and where the hyperparameters come from; then what is left out and why."
     groups = {}
     for b, a, c in runs: groups.setdefault((b, a, c.arena.hparams), []).append(c.seed)
     out = [f"{len(runs)} runs"] + [f"  {b} | {a} | seeds {s} | hyperparameters: {h}" for (b, a, h), s in groups.items()]
@@ -379,8 +381,10 @@ def league_main(preset: str, args: list) -> int:
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
     if opts["dry_run"] == "true":
-        listing = dry_run_listing(p, overrides, selected)
-        print(listing, flush=True); return 2 if listing.startswith("0 runs") else 0
+        runs, skipped = preset_configs(p, overrides, selected)
+        if not runs:  # bad input as in a real run: one line, exit 2
+            print(f"clarena: configuration error: {no_runs_error(skipped)}", file=sys.stderr); return 2
+        print(dry_run_listing(runs, skipped), flush=True); return 0
     log_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if a.startswith("paths.log_dir=")), "logs")  # as a plain arena's dir
     arena_dir = Path(opts.get("arena.dir") or Path(log_dir) / "arena" / opts.get("arena.name", preset))
     try: report = run_league(p, arena_dir, n_jobs=opts["n_jobs"], overrides=overrides, selected=selected)
