@@ -274,20 +274,25 @@ def plot_arena(rows: list[dict], ncols: int = 5) -> dict:
     if not groups: return figs
     benches = sorted({b for b, _, _ in groups})
     per_bench = {b: [g for g in groups if g[0] == b] for b in benches}
-    fig = M.InlineFigure(figsize=(7.5, 0.6 + max(3.2, 0.17 * max(map(len, per_bench.values())) + 0.8) * len(benches)), layout="constrained")
-    for ax, b in zip(np.atleast_1d(fig.subplots(len(benches), 1)), benches):
+    label = lambda name, n: "\n".join(textwrap.wrap(f"{name} (n={n})", 60))
+    # the legend beside each panel sets the size: about 3.4 in a column of labels of 60 characters at 7 pt, 0.13 in a line,
+    # two columns past 12 groups; the panel keeps at least 4.5 x 3.2 in (a legend too big for the figure collapses the axes)
+    cols_of = {b: 2 if len(per_bench[b]) > 12 else 1 for b in benches}
+    lines = {b: sum(label(name, len(ok)).count("\n") + 1 for _, name, ok in per_bench[b]) for b in benches}
+    heights = [max(3.2, 0.13 * math.ceil(lines[b] / cols_of[b]) + 1.0) for b in benches]
+    fig = M.InlineFigure(figsize=(4.5 + 3.4 * max(cols_of.values()), 0.3 + sum(heights)), layout="constrained")
+    for ax, b in zip(np.atleast_1d(fig.subplots(len(benches), 1, gridspec_kw=dict(height_ratios=heights))), benches):
         shown = []
         for i, (_, name, ok) in enumerate(per_bench[b]):
             curves = np.array([r["avg_acc"] for r in ok])
             m, style = curves.mean(0), M.line_style(i)
-            ax.plot(range(len(m)), m, label="\n".join(textwrap.wrap(f"{name} (n={len(curves)})", 60)), **style)
+            ax.plot(range(len(m)), m, label=label(name, len(curves)), **style)
             s = curves.std(0, ddof=1) if len(curves) > 1 else 0 * m
             if len(curves) > 1: ax.fill_between(range(len(m)), m - s, m + s, alpha=0.15, color=style["color"])
             shown += [*(m - s), *(m + s)]
-        ax.set(title=b, xlabel="after training task", ylabel="average accuracy (mean ± sample std)", xticks=range(len(m)))
+        ax.set(title=b, xlabel="after training task", ylabel="average accuracy (mean ± sample std)", xticks=range(0, len(m), 1 if len(m) <= 12 else 2))
         M.fit_ylim(ax, shown, chance_level(per_bench[b][0][2][0].get("config")))
-        ax.grid(alpha=0.3); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
-                                      ncols=2 if len(per_bench[b]) > 12 else 1)
+        ax.grid(alpha=0.3); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, ncols=cols_of[b])
     figs["arena_avg_acc.png"] = fig
     cols = min(ncols, len(groups)); nrows = math.ceil(len(groups) / cols)
     fig = M.InlineFigure(figsize=(2.9 * cols, 0.3 + 3.4 * nrows), layout="constrained")

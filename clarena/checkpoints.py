@@ -17,9 +17,10 @@ from .rundirs import (atomic_write, RESULT_FILES, RESULT_SUFFIXES, check_name, r
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RUN_FREE_KEYS', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT', 'PREEMPT_SIGNALS',
            'write_checkpoint', 'save_checkpoint', 'load_checkpoint', 'check_same_data', 'config_items',
-           'config_identity', 'config_diff', 'task_fingerprint', 'run_binding', 'check_binding', 'restore',
-           'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state', 'ResumableBatches', 'Preempted',
-           'PreemptionSignals', 'callback_state', 'load_callback_state', 'StepCheckpoint']
+           'config_identity', 'config_diff_keys', 'is_location_key', 'config_diff', 'task_fingerprint', 'run_binding',
+           'check_binding', 'restore', 'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state',
+           'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state', 'load_callback_state',
+           'StepCheckpoint']
 
 # %% ../nbs/07a_checkpoints.ipynb #9d24bf72
 CHECKPOINT_KEYS = ("state_dict", "cl", "config", "progress")
@@ -100,10 +101,21 @@ def config_identity(config: dict) -> str:
     "The sha256 of `config_items(config)`."
     return hashlib.sha256(json.dumps(config_items(config), sort_keys=True, default=str).encode()).hexdigest()
 
+def config_diff_keys(recorded: dict, now: dict) -> list[str]:
+    "The keys (flat) in which two configs differ, `RUN_FREE_KEYS` aside."
+    a, b = config_items(recorded), config_items(now)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+def is_location_key(key: str) -> bool:
+    """Whether a config key only says where files lie: the data folder (`paths.data_dir`, a dataset's `root`), the logs
+    (`paths.log_dir`) or the arena's folder (`arena.dir`, `arena.name`). A moved project or data folder changes them and nothing else; the data
+    itself is bound by its fingerprint."""
+    return key in ("paths.data_dir", "paths.log_dir", "arena.dir", "arena.name") or (key.startswith("data.") and key.rsplit(".", 1)[-1] == "root")
+
 def config_diff(recorded: dict, now: dict, limit: int = 3) -> str:
     "The keys in which two configs differ, with both values (the first `limit`)."
     a, b = config_items(recorded), config_items(now)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    keys = config_diff_keys(recorded, now)
     out = ", ".join(f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now" for k in keys[:limit])
     return out + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
@@ -137,7 +149,9 @@ def check_binding(ckpt: dict, data: dict, config: dict, path, what: str):
         raise ConfigError(f"{what}: checkpoint {path} is from a run with seed {b.get('seed')}, this run has seed {now['seed']}: it belongs to another run")
     check_same_data(ckpt["data"], data, what)
     edited = now["config_yaml"] is not None and b.get("config_yaml") != now["config_yaml"]
-    if b.get("config") != now["config"] or config_identity(ckpt["config"]) != b.get("config"):
+    intact = config_identity(ckpt["config"]) == b.get("config")  # the checkpoint's config is the one its record names
+    moved = intact and all(is_location_key(k) for k in config_diff_keys(ckpt["config"], config))  # only where files lie changed
+    if (b.get("config") != now["config"] and not moved) or not intact:
         diff = config_diff(ckpt["config"], config) or "its record of its config does not match the config it holds"
         if edited:
             raise ConfigError(f"{what}: the run's config.yaml is not the one its checkpoint {name} recorded (sha256), and differs from it in "

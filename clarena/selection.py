@@ -45,8 +45,9 @@ def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: in
     label = algorithm if buffer_size is None else f"{algorithm} ({buffer_size})"
     out = []
     for point in grid_points(grid):
-        row = _with(base[0], point)
-        runs, skipped = preset_configs(p, [*overrides, f"data.val_size={val_size}", *point])
+        row = _with(base[0], point)  # the row's hyperparameters at this point, given as a selection: composed after the algorithm's config
+        as_selected = dict(selected={algorithm: {family: {"all" if buffer_size is None else buffer_size: row}}}, file=f"grid point {' '.join(point)}")
+        runs, skipped = preset_configs(p, [*overrides, f"data.val_size={val_size}"], as_selected)
         runs = [c for b, a, c in runs if a == label]
         if not runs: raise ConfigError(f"{label} on {benchmark} cannot run here: {'; '.join(skipped) or 'no such row'}")
         out.append((point, row, runs[0]))

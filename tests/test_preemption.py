@@ -2,6 +2,7 @@
 ends with the accuracy matrix of the uninterrupted run, bit for bit on the CPU, with several steps per Lightning step and with one."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,10 +152,12 @@ def the_run(arena_dir, p, timeout=120):
     raise AssertionError(f"no run directory in {arena_dir} (exit status {p.poll()})")
 
 
-def test_arena_run_preempted_then_requeued_resumes(tmp_path, uninterrupted):
-    args = [*ARENA_JOB, "hydra/launcher=basic", f"paths.data_dir={tmp_path / 'none'}", f"paths.log_dir={tmp_path / 'logs'}"]
+@pytest.mark.parametrize("moved", [False, True])
+def test_arena_run_preempted_then_requeued_resumes(tmp_path, uninterrupted, moved):
+    "Requeued as it was, or (moved) after the project was moved: its logs and data folders elsewhere, the same data in them."
+    def args(root): return [*ARENA_JOB, "hydra/launcher=basic", f"paths.data_dir={root / 'none'}", f"paths.log_dir={root / 'logs'}"]
     arena_dir = tmp_path / "logs" / "arena" / "t"
-    p = arena_start(args, tmp_path)
+    p = arena_start(args(tmp_path), tmp_path)
     run = the_run(arena_dir, p)
     wait_for_step_checkpoint(run, p)
     p.send_signal(signal.SIGTERM)
@@ -162,7 +165,11 @@ def test_arena_run_preempted_then_requeued_resumes(tmp_path, uninterrupted):
     assert p.returncode == PREEMPTED_EXIT, err[-3000:]
     assert not (run / "metrics.json").exists() and not (run / "failed.json").exists()
     step = load_checkpoint(run / "checkpoints" / STEP_CHECKPOINT)["step"]
-    q = arena_start(args, tmp_path)  # the requeued job: the same sweep job again
+    if moved:  # the checkpoint records the old paths.log_dir, paths.data_dir, data.root, arena.dir: where files lay, not what the run is
+        (tmp_path / "elsewhere").mkdir()
+        shutil.move(tmp_path / "logs", tmp_path / "elsewhere" / "logs")
+        arena_dir, run = tmp_path / "elsewhere" / "logs" / "arena" / "t", tmp_path / "elsewhere" / "logs" / "arena" / "t" / "runs" / run.name
+    q = arena_start(args(tmp_path / "elsewhere" if moved else tmp_path), tmp_path)  # the requeued job: the same sweep job again
     out, err = q.communicate(timeout=600)
     assert q.returncode == 0, err[-3000:]
     assert f"[clarena-arena] {run.name} stopped before it finished: resumed from its last checkpoint" in out, out[-3000:]
