@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import yaml
 from omegaconf import OmegaConf
 from matplotlib.figure import Figure
 
@@ -21,8 +22,8 @@ from .core import ConfigError, DataError, check_choice
 __all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'LEAGUE_HELP', 'presets', 'load_preset', 'shrink_preset',
            'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'no_runs_error', 'run_league',
            'train_steps', 'league_rows', 'league_table', 'league_markdown', 'plot_league', 'order_verdict',
-           'check_orders', 'orders_markdown', 'protocol_table', 'protocol_markdown', 'load_selected', 'league_options',
-           'dry_run_listing', 'league_main', 'main']
+           'check_orders', 'orders_markdown', 'protocol_table', 'protocol_markdown', 'selectable_keys',
+           'check_selected', 'load_selected', 'league_options', 'dry_run_listing', 'league_main', 'main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -165,14 +166,17 @@ def train_steps(config: dict) -> list[int]:
         out.append(min(n, tr["max_steps"]) if (tr.get("max_steps") or -1) > 0 else n)
     return out
 
-def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None) -> list[dict]:
+def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None, planned: list | None = None) -> list[dict]:
     """The arena's finished runs, labelled as the league labels them, with each run's training wall time per step and where its
-    hyperparameters came from; with `preset`, only the preset's runs (an arena directory may also hold other sweeps' runs)."""
+    hyperparameters came from; with `preset`, only the preset's runs (an arena directory may also hold other sweeps' runs), labelled
+    with where this league's hyperparameters come from (a run finished before under another label has the same config, or it would
+    not be the same run). `planned`: the preset's runs (`preset_configs(preset, overrides, selected)[0]`) when the caller has them."""
     from clarena.arena import collect, run_identity
     keep = None
     if preset is not None:
         preset = load_preset(preset) if isinstance(preset, str) else preset
-        keep = {run_identity(c): (b, a) for b, a, c in preset_configs(preset, overrides, selected)[0]}
+        planned = planned if planned is not None else preset_configs(preset, overrides, selected)[0]
+        keep = {run_identity(c): (b, a, c.arena.hparams) for b, a, c in planned}
     rows, steps_of = [], {}
     for r in collect(arena_dir):
         if r["status"] != "finished" or (keep is not None and r["identity"] not in keep): continue
@@ -182,8 +186,8 @@ def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (
         if key not in steps_of: steps_of[key] = sum(train_steps(m["config"]))  # the same for every run of a benchmark: counted once
         train_s = sum(m["task_train_s"]) if m.get("task_train_s") and len(m["task_train_s"]) == len(m["task_wall_s"]) else sum(m["task_wall_s"])
         arena = m["config"].get("arena", {})
-        bench, label = keep[r["identity"]] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m))
-        rows.append(dict(r, algorithm=label, benchmark=bench, hparams=arena.get("hparams"), ms_per_step=1000 * train_s / steps_of[key]))
+        bench, label, hparams = keep[r["identity"]] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
+        rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
 def league_table(rows: list[dict]) -> list[dict]:
@@ -310,11 +314,50 @@ def protocol_markdown(preset: dict, table: list[dict]) -> str:
     return "\n".join(out)
 
 # %% ../nbs/10b_league.ipynb #b88b36ba
-def load_selected(path) -> dict:
-    "A selection file (`clarena.selection`), with its path under `file`."
+def selectable_keys(preset: dict, label: str) -> set:
+    "The keys a selection may set for the row `label`: those of the preset's published hyperparameters for it and of its grid."
+    table = _entry(preset["algorithms"][label]).get("hparams") or {}
+    return {o.split("=", 1)[0] for fam in table.values() for row in fam.values() for o in row} | set(preset.get("grids", {}).get(label, {}))
+
+def check_selected(doc, preset: dict, where: str) -> None:
+    """A selection (`{selected: {row: {family: {buffer size or all: overrides}}}}`) that can only change hyperparameters: each
+    row, family and size the preset's, each override `key=value` with a key the preset's published row or grid sets and a plain
+    value (a number, a boolean, a string; no interpolation, list, dict or sweep), else `ConfigError`, one line naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+    sel = doc.get("selected") if isinstance(doc, dict) else None
+    if not isinstance(sel, dict): raise ConfigError(f"{where} has no 'selected:' mapping; give a selection file that clarena.selection wrote")
+    families = sorted({str(b.get("hparams")) for b in preset["benchmarks"].values()})
+    parser = OverridesParser.create()
+    for label, fams in sel.items():
+        check_choice(f"{where}: row", label, list(preset["algorithms"]))
+        if not isinstance(fams, dict): raise ConfigError(f"{where}: {label}: expected {{family: {{buffer size or all: [overrides]}}}}, got {fams!r}")
+        for fam, sizes in fams.items():
+            check_choice(f"{where}: {label}: benchmark family", str(fam), families)
+            for size, row in (sizes or {}).items() if isinstance(sizes, dict) else [(None, sizes)]:
+                at = f"{where}: {label} / {fam} / {size}"
+                if not (size == "all" or isinstance(size, int)): raise ConfigError(f"{at}: a buffer size is a whole number or 'all', got {size!r}")
+                if not isinstance(row, list) or not all(isinstance(o, str) for o in row): raise ConfigError(f"{at}: expected a list of key=value overrides, got {row!r}")
+                keys = selectable_keys(preset, label)
+                for o in row:
+                    try: ov = parser.parse_override(o)
+                    except Exception: ov = None
+                    v = ov.value() if ov is not None and ov.value_type == ValueType.ELEMENT else None
+                    if ov is None or ov.type != OverrideType.CHANGE or ov.package is not None or not isinstance(v, (int, float, str)) or "${" in str(v):
+                        raise ConfigError(f"{at}: {o!r} is not key=value with a plain value (a number, a boolean or a string); a selection only sets hyperparameters")
+                    if ov.key_or_group not in keys:
+                        raise ConfigError(f"{at}: {o!r} sets {ov.key_or_group}, not a hyperparameter of the preset's {label} row; a selection may set {', '.join(sorted(keys))}")
+
+def load_selected(path, preset: dict) -> dict:
+    """A selection file (`clarena.selection`) for `preset`, with its path under `file`; read as data (YAML's plain types), and refused
+    (`check_selected`) unless it only sets the preset's hyperparameters: it is an input like a downloaded checkpoint, so it must not
+    reach further into a run (a callback's `_target_`, a plugin, the paths a run writes to)."""
     p = Path(path).expanduser()
     if not p.is_file(): raise ConfigError(f"selected={str(path)!r} is not a file; give a selection file that clarena.selection wrote")
-    return {**OmegaConf.to_container(OmegaConf.load(p)), "file": str(p)}
+    try: doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e: raise ConfigError(f"selected={str(p)!r} is not YAML ({str(e).splitlines()[0]})")
+    check_selected(doc, preset, f"selected={str(p)!r}")
+    return {**doc, "file": str(p)}
 
 LEAGUE_OPTIONS = ("arena.name", "arena.dir", "n_jobs", "dry_run", "seeds", "buffer_sizes", "only_benchmarks", "only_algorithms", "selected")
 
@@ -325,7 +368,7 @@ def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | No
     opts = dict(a.split("=", 1) for a in args if a.split("=", 1)[0] in LEAGUE_OPTIONS)
     overrides = [a for a in args if a.split("=", 1)[0] not in LEAGUE_OPTIONS]
     def items(k): return None if k not in opts else [x.strip() for x in opts[k].split(",") if x.strip()]
-    p = load_preset(preset)
+    p = full = load_preset(preset)
     try: seeds, sizes = [None if items(k) is None else [int(x) for x in items(k)] for k in ("seeds", "buffer_sizes")]
     except ValueError: raise ConfigError(f"seeds and buffer_sizes must be comma-separated whole numbers, got {opts.get('seeds')!r}, {opts.get('buffer_sizes')!r}")
     p = shrink_preset(p, seeds, sizes, items("only_benchmarks"), items("only_algorithms"))
@@ -334,7 +377,7 @@ def league_options(preset: str, args: list) -> tuple[dict, dict, list, dict | No
         if opts["n_jobs"] < 1: raise ValueError
     except ValueError: raise ConfigError(f"n_jobs must be a whole number >= 1, got {opts['n_jobs']!r}")
     check_choice("dry_run", opts.setdefault("dry_run", "false"), ("true", "false"))
-    return p, opts, overrides, load_selected(opts["selected"]) if opts.get("selected") else None
+    return p, opts, overrides, load_selected(opts["selected"], full) if opts.get("selected") else None
 
 def dry_run_listing(runs: list, skipped: list) -> str:
     "What a preset would run (`preset_configs`' runs and left-out rows): per benchmark and row, the seeds and where the hyperparameters come from; then what is left out and why."

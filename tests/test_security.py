@@ -256,3 +256,16 @@ def test_an_edited_replay_buffer_is_refused_on_resume(tmp_path, field, value, wo
     r = cli("clarena.train", [f"resume={stopped}"], tmp_path)
     one_line(r, 2, words, "the checkpoint was edited")
     assert not (stopped / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("row", ["+callbacks.x._target_=os.system", "plugins=[os]", "paths.log_dir=/", "model.optimizer.lr=${oc.env:HOME}"])
+def test_a_selection_file_reaching_beyond_hyperparameters_is_refused(tmp_path, row):
+    "`selected=FILE` is an input from elsewhere: a row that is not one of the preset's hyperparameters with a plain value is refused in one line, exit 2, before any run."
+    f = tmp_path / "selected.yaml"
+    f.write_text(yaml.safe_dump({"selected": {"ER": {"seq-mnist": {200: ["model.optimizer.lr=0.1", row]}}}}))
+    arena = tmp_path / "arena"
+    r = subprocess.run([sys.executable, "-c", "import sys; from clarena.league import main; sys.argv[0] = 'clarena-arena'; main()",
+                        "preset=der_paper", f"selected={f}", f"arena.dir={arena}", "seeds=0", "only_algorithms=ER", "n_jobs=1"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    one_line(r, 2, "selected=", repr(row), "ER / seq-mnist / 200")
+    assert not arena.exists()
