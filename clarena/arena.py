@@ -360,7 +360,7 @@ def lock_arena(arena_dir):
     except BlockingIOError:
         f.seek(0); holder = f.read().strip() or "another process"; f.close()
         raise ConfigError(f"the arena {d} is in use by {holder}: two arenas in one directory would run the same jobs into the same folders; "
-                          f"wait for it to end, or choose another arena.name") from None
+                          f"wait for it to end, or choose another arena.name (or arena.dir)") from None
     except OSError as e:  # a file system without locks: go on, and say so
         log.warning("arena: %s cannot be locked (%s): make sure no other arena runs there at the same time", d, e)
     f.seek(0); f.truncate()

@@ -1,4 +1,4 @@
-"""Every algorithm on the standard benchmarks, several seeds, replay at two buffer sizes, from one preset: `clarena-arena preset=league`; the arena's report plus a heat map of the whole table and each method's cost per training step.
+"""The first release's 13 methods and Joint on the standard benchmarks (the methods added since are in the protocol presets), several seeds, replay at two buffer sizes, from one preset: `clarena-arena preset=league`; the arena's report plus a heat map of the whole table and each method's cost per training step.
 
 Docs: https://clarena-dev.github.io/clarena/league.html.md"""
 
@@ -19,11 +19,12 @@ from matplotlib.figure import Figure
 from .core import ConfigError, DataError, check_choice
 
 # %% auto #0
-__all__ = ['ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'LEAGUE_HELP', 'presets', 'load_preset', 'shrink_preset',
-           'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'no_runs_error', 'run_league',
-           'train_steps', 'league_rows', 'league_table', 'league_markdown', 'plot_league', 'order_verdict',
-           'check_orders', 'orders_markdown', 'protocol_table', 'protocol_markdown', 'selectable_keys',
-           'check_selected', 'load_selected', 'league_options', 'dry_run_listing', 'league_main', 'main']
+__all__ = ['DEVICE_KEYS', 'ORDER_TEST', 'VERDICT_RANK', 'LEAGUE_OPTIONS', 'LEAGUE_HELP', 'presets', 'load_preset',
+           'shrink_preset', 'algorithm_class', 'data_at_hand', 'run_hparams', 'preset_configs', 'no_runs_error',
+           'run_league', 'train_steps', 'protocol_identity', 'league_rows', 'league_table', 'league_markdown',
+           'plot_league', 'order_verdict', 'check_orders', 'orders_markdown', 'unverified', 'protocol_table',
+           'protocol_markdown', 'selectable_keys', 'check_selected', 'load_selected', 'league_options',
+           'dry_run_listing', 'league_main', 'main']
 
 # %% ../nbs/10b_league.ipynb #a51d7ff7
 def presets() -> list[str]:
@@ -76,11 +77,12 @@ def run_hparams(preset: dict, label: str, family: str | None, size: int | None, 
     key = "all" if size is None else size
     chosen = (selected or {}).get("selected", {}).get(label, {}).get(family, {})
     if key in chosen or str(key) in chosen: return chosen.get(key, chosen.get(str(key))), f"selected ({selected['file']})"
-    table = _entry(preset["algorithms"][label]).get("hparams")
+    entry = _entry(preset["algorithms"][label])
+    table = entry.get("hparams")
     if table is None: return [], "the preset's settings and the method's config"
     row = table.get(family, {})
     if key not in row: return None
-    return row[key], preset.get("hparams_source", "the preset")
+    return row[key], entry.get("hparams_source", preset.get("hparams_source", "the preset"))  # a row may say where its own values come from
 
 def _compose(experiment, overrides):
     from clarena.train import compose_config
@@ -101,7 +103,8 @@ def preset_configs(preset: dict, overrides: list = (), selected: dict | None = N
             base = [*b.get("overrides", []), *_entry(entry)["overrides"]]
             cfg, err = _compose(b["experiment"], [*base, *preset.get("common", []), *overrides])
             if err: skipped.append(f"{algo} on {bench}: {err}"); continue
-            if cfg.data.scenario not in algorithm_class(cfg).supports: skipped.append(f"{algo} on {bench}: {cfg.data.scenario}"); continue
+            if cfg.data.scenario not in (sup := algorithm_class(cfg).supports):
+                skipped.append(f"{algo} on {bench}: {cfg.data.scenario} ({algo} supports {', '.join(sorted(sup))} only)"); continue
             replay = "buffer_size" in cfg.model.algorithm and not cfg.get("reference")
             for size in (b.get("buffer_sizes", preset.get("buffer_sizes", [None])) if replay else [None]):
                 label = algo if size is None else f"{algo} ({size})"
@@ -166,28 +169,50 @@ def train_steps(config: dict) -> list[int]:
         out.append(min(n, tr["max_steps"]) if (tr.get("max_steps") or -1) > 0 else n)
     return out
 
+DEVICE_KEYS = ("trainer.accelerator", "trainer.devices", "speed")
+
+def protocol_identity(cfg) -> str:
+    """`run_identity` less the device a run trained on and how its steps were driven (`DEVICE_KEYS`): a protocol's run is the same
+    run on a CPU or a GPU for its report, though the arena keeps the two apart (their numbers agree only to float rounding)."""
+    import hashlib
+    from clarena.arena import identity_config
+    c = identity_config(cfg)
+    for k in DEVICE_KEYS:
+        *parents, leaf = k.split(".")
+        node = c
+        for q in parents: node = node.get(q) if isinstance(node, dict) else None
+        if isinstance(node, dict): node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
 def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None, planned: list | None = None) -> list[dict]:
     """The arena's finished runs, labelled as the league labels them, with each run's training wall time per step and where its
     hyperparameters came from; with `preset`, only the preset's runs (an arena directory may also hold other sweeps' runs), labelled
     with where this league's hyperparameters come from (a run finished before under another label has the same config, or it would
-    not be the same run). `planned`: the preset's runs (`preset_configs(preset, overrides, selected)[0]`) when the caller has them."""
+    not be the same run), and each on whichever device it trained (`protocol_identity`: a protocol's GPU rows beside its CPU
+    rows in one report). `planned`: the preset's runs (`preset_configs(preset, overrides, selected)[0]`) when the caller has them."""
     from clarena.arena import collect, run_identity
     keep = None
     if preset is not None:
         preset = load_preset(preset) if isinstance(preset, str) else preset
         planned = planned if planned is not None else preset_configs(preset, overrides, selected)[0]
-        keep = {run_identity(c): (b, a, c.arena.hparams) for b, a, c in planned}
-    rows, steps_of = [], {}
-    for r in collect(arena_dir):
-        if r["status"] != "finished" or (keep is not None and r["identity"] not in keep): continue
+        keep = {protocol_identity(c): (b, a, c.arena.hparams) for b, a, c in planned}
+        exact = {run_identity(c) for _, _, c in planned}
+    rows, steps_of, seen = [], {}, {}
+    finished = [r for r in collect(arena_dir) if r["status"] == "finished"]
+    for r in sorted(finished, key=lambda r: keep is not None and r["identity"] not in exact):  # the planned run itself before the same run on another device
         m = json.loads((Path(arena_dir) / "runs" / r["identity"] / "metrics.json").read_text())
+        if keep is not None:
+            pid = protocol_identity(m["config"])
+            if pid not in keep or pid in seen: continue
+            seen[pid] = r["identity"]
         key = json.dumps([m["config"]["data"], m["config"]["trainer"].get("limit_train_batches"), m["config"]["trainer"].get("max_epochs"),
                           m["config"]["trainer"].get("max_steps")], sort_keys=True)
         if key not in steps_of: steps_of[key] = sum(train_steps(m["config"]))  # the same for every run of a benchmark: counted once
         train_s = sum(m["task_train_s"]) if m.get("task_train_s") and len(m["task_train_s"]) == len(m["task_wall_s"]) else sum(m["task_wall_s"])
         arena = m["config"].get("arena", {})
-        bench, label, hparams = keep[r["identity"]] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
-        rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, ms_per_step=1000 * train_s / steps_of[key]))
+        bench, label, hparams = keep[pid] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
+        device = m["config"]["trainer"].get("accelerator")
+        rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, device=device, ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
 def league_table(rows: list[dict]) -> list[dict]:
@@ -281,6 +306,14 @@ def orders_markdown(checks: list[dict], alpha: float = 0.05) -> str:
         out.append(f"| {c['benchmark']} | {c['better']} > {c['worse']} | **{c['verdict']}** | {diff} | {p} | {c['n'][0]}, {c['n'][1]} | {c['source']} | {note} |")
     return "\n".join(out)
 
+def unverified(preset: dict, published_on: str | None, label: str) -> bool:
+    """Whether the published number of row `label` on `published_on` is one the preset marks unverified (`published.unverified`:
+    a whole key, `"R-MNIST DIL"`, or some rows of one, `"P-MNIST DIL: oEWC, SI"`, a row meaning each of its buffer sizes)."""
+    for u in preset.get("published", {}).get("unverified", []):
+        key, _, names = u.partition(":")
+        if key.strip() == published_on and (not names or label.split(" (")[0] in [x.strip() for x in names.split(",")]): return True
+    return False
+
 def protocol_table(preset: dict, rows: list[dict]) -> list[dict]:
     "Per benchmark and row: n, mean and sample std (ddof = 1) of final average accuracy, the published number beside, and the hyperparameters' source."
     pub = preset.get("published", {})
@@ -294,7 +327,8 @@ def protocol_table(preset: dict, rows: list[dict]) -> list[dict]:
         p = pub.get("values", {}).get(b.get("published", bench), {}).get(label)
         out.append(dict(benchmark=bench, algorithm=label, n=len(x), mean=float(x.mean()), std=float(x.std(ddof=1)) if len(x) > 1 else None,
                         bwt=float(np.mean([r["bwt"] for r in rs])), published=None if p is None else p / scale,
-                        published_on=b.get("published", bench) if p is not None else None, hparams=sorted({r.get("hparams") or "n/a" for r in rs})))
+                        published_on=b.get("published", bench) if p is not None else None, hparams=sorted({r.get("hparams") or "n/a" for r in rs}),
+                        unverified=p is not None and unverified(preset, b.get("published", bench), label)))
     return out
 
 def protocol_markdown(preset: dict, table: list[dict]) -> str:
@@ -308,9 +342,11 @@ def protocol_markdown(preset: dict, table: list[dict]) -> str:
                 "| algorithm | n | final avg acc, mean ± sample std | BWT (mean) | published | hyperparameters |", "|---|---|---|---|---|---|"]
         for t in ts:
             ms = f"{t['mean']:.4f} ± {t['std']:.4f}" if t["std"] is not None else f"{t['mean']:.4f} (one run)"
-            p = "–" if t["published"] is None else f"{t['published']:.4f}"
+            p = "–" if t["published"] is None else f"{t['published']:.4f}" + (" (unverified)" if t.get("unverified") else "")
             out.append(f"| {t['algorithm']} | {t['n']} | {ms} | {t['bwt']:+.4f} | {p} | {'; '.join(t['hparams'])} |")
         out.append("")
+    if any(t.get("unverified") for t in table):
+        out.append("*(unverified)*: a published cell the preset marks as not checked against the paper's PDF (`published.unverified`): check it before citing.")
     return "\n".join(out)
 
 # %% ../nbs/10b_league.ipynb #b88b36ba

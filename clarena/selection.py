@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from .core import ConfigError, check_choice
-from .league import load_preset, shrink_preset, run_hparams, preset_configs
+from .league import load_preset, shrink_preset, run_hparams, preset_configs, _entry
 
 # %% auto #0
 __all__ = ['grid_points', 'selection_runs', 'select', 'write_selection', 'selection_main']
@@ -32,6 +32,15 @@ def _with(base: list, point: list) -> list:
     keys = {o.split("=", 1)[0] for o in point}
     return [o for o in base if o.split("=", 1)[0] not in keys] + point
 
+def _no_row(preset: dict, algorithm: str, benchmark: str, family: str, size: int | None) -> str:
+    "Why the preset has no hyperparameters for `algorithm` on `benchmark` at buffer `size`, and what to give instead."
+    row = (_entry(preset["algorithms"][algorithm]).get("hparams") or {}).get(family, {})
+    sizes = [k for k in row if k != "all"]
+    if not row: return f"{algorithm!r} has no hyperparameters for {benchmark!r} (family {family!r}): the preset leaves it out there"
+    if size is None and sizes: return f"{algorithm} keeps a replay buffer: give buffer_size=, one of {', '.join(map(str, sizes))}"
+    if size is not None and "all" in row: return f"{algorithm} has no replay buffer: leave out buffer_size= (got {size})"
+    return f"{algorithm!r} has no hyperparameters for {benchmark!r} at buffer size {size}; valid choices: {', '.join(map(str, sizes))}"
+
 def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: int | None = None, grid: dict | None = None,
                    seed: int = 0, val_size: float = 0.1, overrides: list = ()) -> list[tuple]:
     """One run per grid point: `(point, overrides of the row, config)` for `algorithm` on `benchmark` at `buffer_size`, one seed, with
@@ -41,7 +50,7 @@ def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: in
     p = shrink_preset(preset, [seed], None if buffer_size is None else [buffer_size], [benchmark], [algorithm])
     family = p["benchmarks"][benchmark].get("hparams")
     base = run_hparams(p, algorithm, family, buffer_size)
-    if base is None: raise ConfigError(f"{algorithm!r} has no hyperparameters for {benchmark!r} (family {family!r}) at buffer size {buffer_size}")
+    if base is None: raise ConfigError(_no_row(preset, algorithm, benchmark, family, buffer_size))
     label = algorithm if buffer_size is None else f"{algorithm} ({buffer_size})"
     out = []
     for point in grid_points(grid):
@@ -68,10 +77,13 @@ def select(preset: str | dict, algorithm: str, benchmark: str, arena_dir, out=No
     Parallel(n_jobs=n_jobs)(delayed(arena_job)(c) for _, _, c in runs)
     scores, data = [], None
     for point, row, c in runs:
-        f = arena_dir / "runs" / run_identity(c) / "metrics.json"
-        m = json.loads(f.read_text()) if f.exists() else {}
+        d = arena_dir / "runs" / run_identity(c)
+        m = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").exists() else {}
         data = data or (dict(source=m["data_source"], fingerprint=m.get("data_fingerprint")) if m else None)
-        scores.append(dict(point=point, row=row, final_val_avg_acc=m.get("final_val_avg_acc"), run=run_identity(c)))
+        s = dict(point=point, row=row, final_val_avg_acc=m.get("final_val_avg_acc"), run=run_identity(c))
+        if not m:  # a point that failed (a learning rate that diverges: non-finite loss) loses, and the file says why
+            s["failed"] = json.loads((d / "failed.json").read_text()).get("error", "failed") if (d / "failed.json").exists() else "did not finish"
+        scores.append(s)
     done = [s for s in scores if s["final_val_avg_acc"] is not None]
     if not done: raise RuntimeError(f"no grid point of {algorithm} on {benchmark} finished (see {arena_dir / 'runs'})")
     best = max(done, key=lambda s: s["final_val_avg_acc"])  # the first of equal scores: the grid's order
@@ -106,15 +118,20 @@ def selection_main(args: list) -> int:
         if missing: raise ConfigError(f"missing {', '.join(k + '=' for k in missing)}; e.g. preset=der_paper algorithm=ER benchmark='Seq-FMNIST CIL' buffer_size=200 out=selected.yaml")
         preset = load_preset(opts["preset"])
         for k, v in (("algorithm", opts["algorithm"]), ("benchmark", opts["benchmark"])): check_choice(f"{k} of the preset", v, preset[k + "s"])
-        try: size, seed, val, n_jobs = (None if "buffer_size" not in opts else int(opts["buffer_size"])), int(opts.get("seed", 0)), float(opts.get("val_size", 0.1)), int(opts.get("n_jobs", 1))
-        except ValueError: raise ConfigError(f"buffer_size, seed, n_jobs must be whole numbers and val_size a fraction, got {opts}")
+        for k, kind in (("buffer_size", int), ("seed", int), ("n_jobs", int), ("val_size", float)):
+            try: kind(opts.get(k, 0))
+            except ValueError: raise ConfigError(f"{k} must be a {'whole number' if kind is int else 'fraction'}, got {k}={opts[k]!r}")
+        size, seed, val, n_jobs = (None if "buffer_size" not in opts else int(opts["buffer_size"])), int(opts.get("seed", 0)), float(opts.get("val_size", 0.1)), int(opts.get("n_jobs", 1))
         if not 0 < val < 1: raise ConfigError(f"val_size must be a fraction in (0, 1): selection scores on held-out training data, got {val}")
         selection_runs(preset, opts["algorithm"], opts["benchmark"], size, None, seed, val, overrides)  # bad input fails here, before training
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2
     arena_dir = Path(opts.get("arena.dir") or Path("logs") / "selection" / opts["preset"])
     prov = select(opts["preset"], opts["algorithm"], opts["benchmark"], arena_dir, opts["out"], size, None, seed, val, overrides, n_jobs)
-    for s in prov["scores"]: print(f"[clarena-selection] {' '.join(s['point'])}: validation average accuracy {s['final_val_avg_acc']}", flush=True)
+    for s in prov["scores"]:
+        print(f"[clarena-selection] {' '.join(s['point'])}: " + (f"failed: {s['failed']}" if s.get("failed") else f"validation average accuracy {s['final_val_avg_acc']:.4f}"), flush=True)
+    if failed := [s for s in prov["scores"] if s.get("failed")]:
+        print(f"[clarena-selection] {len(failed)} of {len(prov['scores'])} grid points failed (listed above, and in the file's provenance); the choice is the best of the others", flush=True)
     print(f"[clarena-selection] chosen: {' '.join(prov['chosen'])} -> {opts['out']}", flush=True)
     return 0
 

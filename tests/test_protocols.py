@@ -36,6 +36,9 @@ def test_preset_expands_with_every_published_row_and_order_named(name, tmp_path)
     for key, rows in p.get("published", {}).get("values", {}).items():
         assert any(b.get("published", n) == key for n, b in p["benchmarks"].items()), key
         for row in rows: assert row.split(" (")[0] in p["algorithms"], row
+    # the papers' final runs train on the whole training split; only HAT's schedule (lr / 3 on a validation plateau) needs one held out
+    held_out = {c.data.val_size for _, _, c in runs}
+    assert held_out == ({0.1} if name == "hat_protocol" else {0}), held_out
 
 
 def test_cli_dry_run_lists_runs_and_refuses_bad_input(tmp_path):
@@ -120,7 +123,7 @@ def test_der_paper_report_notebook_at_a_tiny_budget(tmp_path):
     out = "".join("".join(o.get("data", {}).get("text/markdown", "")) + "".join(o.get("text", ""))
                   for c in json.loads((tmp_path / "report.ipynb").read_text())["cells"] for o in c.get("outputs", []))
     n = 2 * len(benches)
-    assert f"this report holds {n} of the protocol's {n} runs" in out
+    assert f"this report holds {n} of the protocol's {n} runs" in out and f"Trained on cpu ({n} runs)." in out
     assert "| ER (200) | 1 |" in out and "(one run)" in out and "0.9786" in out  # Seq-MNIST TIL's published ER (200) beside ours
     assert "Welch" in out and "ER (200) > Finetuning" in out and "untested (n < 2)" in out  # one seed: no order is tested
     assert "Overrides for every run" in out  # a reduced budget says so
