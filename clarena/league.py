@@ -172,8 +172,9 @@ def train_steps(config: dict) -> list[int]:
 DEVICE_KEYS = ("trainer.accelerator", "trainer.devices", "speed")
 
 def protocol_identity(cfg) -> str:
-    """`run_identity` less the device a run trained on and how its steps were driven (`DEVICE_KEYS`): a protocol's run is the same
-    run on a CPU or a GPU for its report, though the arena keeps the two apart (their numbers agree only to float rounding)."""
+    """`run_identity` less the device a run trained on and how its steps were driven (`DEVICE_KEYS`; the device count only where it
+    is 1): a protocol's run is the same run on a CPU or a GPU for its report, though the arena keeps the two apart (their numbers
+    agree only to float rounding). A run on several devices (data-parallel: another effective batch) stays its own."""
     import hashlib
     from clarena.arena import identity_config
     c = identity_config(cfg)
@@ -181,7 +182,7 @@ def protocol_identity(cfg) -> str:
         *parents, leaf = k.split(".")
         node = c
         for q in parents: node = node.get(q) if isinstance(node, dict) else None
-        if isinstance(node, dict): node.pop(leaf, None)
+        if isinstance(node, dict) and (leaf != "devices" or node.get(leaf) == 1): node.pop(leaf, None)  # on several devices: another run
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None, planned: list | None = None) -> list[dict]:
@@ -216,15 +217,20 @@ def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (
     return rows
 
 def league_table(rows: list[dict]) -> list[dict]:
-    "Per benchmark and algorithm: mean and std over seeds of each metric, and the step cost relative to Finetuning's."
+    """Per benchmark and algorithm: mean and std over seeds of each metric, the device its runs trained on (`mixed` where they differ),
+    and the step cost relative to Finetuning's on the same device; a step time over several devices (a CPU's and a GPU's) means
+    nothing, so a mixed row's is n/a, as is the cost of a row beside a Finetuning on another device."""
     from clarena.arena import summarize_runs, _mean_std
     groups = summarize_runs(rows)
     for g in groups:
-        g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rows if r["benchmark"] == g["benchmark"] and r["algorithm"] == g["algorithm"]])
-    base = {g["benchmark"]: g["ms_per_step"][0] for g in groups if g["algorithm"] == "Finetuning"}
+        rs = [r for r in rows if r["benchmark"] == g["benchmark"] and r["algorithm"] == g["algorithm"]]
+        devices = {r.get("device") for r in rs}
+        g["device"] = devices.pop() if len(devices) == 1 else "mixed"
+        g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rs]) if g["device"] != "mixed" else (None, None)
+    base = {g["benchmark"]: (g["ms_per_step"][0], g["device"]) for g in groups if g["algorithm"] == "Finetuning"}
     for g in groups:
-        ft = base.get(g["benchmark"])
-        g["step_cost"] = g["ms_per_step"][0] / ft if ft and g["ms_per_step"][0] is not None else None
+        ft, on = base.get(g["benchmark"], (None, None))
+        g["step_cost"] = g["ms_per_step"][0] / ft if ft and g["ms_per_step"][0] is not None and on == g["device"] else None
     return groups
 
 def league_markdown(groups: list[dict]) -> str:
@@ -239,6 +245,8 @@ def league_markdown(groups: list[dict]) -> str:
             out.append(f"| {g['algorithm']} | {g['finished']} | {f(g['final_avg_acc'])} | {f(g['bwt'])} | {f(g['forgetting'])} | "
                        f"{f(g['total_wall_s'], 1)} | {f(g['peak_host_memory_mb'], 0)} | {cost} |")
         out.append("")
+    if mixed := sorted({f"{g['algorithm']} on {g['benchmark']}" for g in groups if g.get("device") == "mixed"}):
+        out.append(f"Step cost n/a for {', '.join(mixed)}: its runs trained on different devices, whose step times do not compare.")
     return "\n".join(out)
 
 def plot_league(groups: list[dict], metric: str = "final_avg_acc") -> Figure:
@@ -358,23 +366,35 @@ def selectable_keys(preset: dict, label: str) -> set:
 def check_selected(doc, preset: dict, where: str) -> None:
     """A selection (`{selected: {row: {family: {buffer size or all: overrides}}}}`) that can only change hyperparameters: each
     row, family and size the preset's, each override `key=value` with a key the preset's published row or grid sets and a plain
-    value (a number, a boolean, a string; no interpolation, list, dict or sweep), else `ConfigError`, one line naming it."""
+    value (a number, a boolean, a string; no interpolation, list, dict or sweep), else `ConfigError`, one line naming it. A family
+    must be one the preset runs the row on, and a size one of the row's there. A selected row replaces the published one whole (as
+    `clarena.selection` writes it: the published row with the grid's keys set), so it names every value the run needs."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType, ValueType
     sel = doc.get("selected") if isinstance(doc, dict) else None
     if not isinstance(sel, dict): raise ConfigError(f"{where} has no 'selected:' mapping; give a selection file that clarena.selection wrote")
     families = sorted({str(b.get("hparams")) for b in preset["benchmarks"].values()})
+    buffers = sorted({s for b in preset["benchmarks"].values() for s in (b.get("buffer_sizes", preset.get("buffer_sizes")) or [])})
     parser = OverridesParser.create()
     for label, fams in sel.items():
         check_choice(f"{where}: row", label, list(preset["algorithms"]))
         if not isinstance(fams, dict): raise ConfigError(f"{where}: {label}: expected {{family: {{buffer size or all: [overrides]}}}}, got {fams!r}")
+        keys = selectable_keys(preset, label)
+        if not keys: raise ConfigError(f"{where}: {label}: the preset's {label} row has no hyperparameters a selection may set (no published values, no grid)")
+        table = _entry(preset["algorithms"][label]).get("hparams")
         for fam, sizes in fams.items():
             check_choice(f"{where}: {label}: benchmark family", str(fam), families)
-            for size, row in (sizes or {}).items() if isinstance(sizes, dict) else [(None, sizes)]:
+            if table is not None and fam not in table:  # the preset leaves the row out there: a selection changes values, it adds no runs
+                raise ConfigError(f"{where}: {label} / {fam}: the preset does not run {label} on the {fam} benchmarks (its {label} row has "
+                                  f"hyperparameters for {', '.join(map(str, table))}); a selection sets hyperparameters, it adds no runs")
+            if sizes is None: raise ConfigError(f"{where}: {label} / {fam} is empty (null); give {{buffer size or all: [overrides]}}, or leave the family out")
+            if not isinstance(sizes, dict): raise ConfigError(f"{where}: {label} / {fam}: expected {{buffer size or all: [overrides]}}, got {sizes!r}")
+            valid = list(table[fam]) if table is not None else ["all", *buffers]  # the row's sizes there; a row with no table: any the preset runs
+            for size, row in sizes.items():
                 at = f"{where}: {label} / {fam} / {size}"
-                if not (size == "all" or isinstance(size, int)): raise ConfigError(f"{at}: a buffer size is a whole number or 'all', got {size!r}")
+                if isinstance(size, bool) or size not in valid:
+                    raise ConfigError(f"{at}: {size!r} is not a buffer size the preset runs {label} at on {fam}; valid choices: {', '.join(map(repr, valid))}")
                 if not isinstance(row, list) or not all(isinstance(o, str) for o in row): raise ConfigError(f"{at}: expected a list of key=value overrides, got {row!r}")
-                keys = selectable_keys(preset, label)
                 for o in row:
                     try: ov = parser.parse_override(o)
                     except Exception: ov = None

@@ -83,9 +83,12 @@ def select(preset: str | dict, algorithm: str, benchmark: str, arena_dir, out=No
         s = dict(point=point, row=row, final_val_avg_acc=m.get("final_val_avg_acc"), run=run_identity(c))
         if not m:  # a point that failed (a learning rate that diverges: non-finite loss) loses, and the file says why
             s["failed"] = json.loads((d / "failed.json").read_text()).get("error", "failed") if (d / "failed.json").exists() else "did not finish"
+        elif s["final_val_avg_acc"] is None:  # finished before with nothing held out (the same run at val_size=0): nothing to score
+            s["failed"] = "no validation score (empty validation split)"
         scores.append(s)
     done = [s for s in scores if s["final_val_avg_acc"] is not None]
-    if not done: raise RuntimeError(f"no grid point of {algorithm} on {benchmark} finished (see {arena_dir / 'runs'})")
+    if not done: raise RuntimeError(f"no grid point of {algorithm} on {benchmark} gave a score (see {arena_dir / 'runs'}): "
+                                    + "; ".join(f"{' '.join(s['point'])}: {s['failed'].splitlines()[0][:120]}" for s in scores))
     best = max(done, key=lambda s: s["final_val_avg_acc"])  # the first of equal scores: the grid's order
     family = preset["benchmarks"][benchmark].get("hparams")
     prov = dict(preset=name, algorithm=algorithm, benchmark=benchmark, family=family, buffer_size=buffer_size, seed=seed,
