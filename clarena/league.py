@@ -71,18 +71,24 @@ def _entry(entry) -> dict:
     "An algorithm's entry as a dict: a plain list is its overrides."
     return dict(overrides=entry) if isinstance(entry, list) else {"overrides": [], **entry}
 
+def _with(base: list, point: list) -> list:
+    "`base` overrides with the keys `point` sets replaced by `point`'s values (a grid point, or a selected row over the published one)."
+    keys = {o.split("=", 1)[0] for o in point}
+    return [o for o in base if o.split("=", 1)[0] not in keys] + list(point)
+
 def run_hparams(preset: dict, label: str, family: str | None, size: int | None, selected: dict | None = None):
     """The hyperparameter overrides of algorithm `label` on a benchmark of hyperparameter `family` at buffer `size`, and where
-    they come from (`selected`, a selection file's choices, before the preset's own); None where the preset gives none for it."""
+    they come from; a selection file's row (`selected`) is laid over the preset's (its keys replace the published values, the
+    others stay). None where the preset gives none for it."""
     key = "all" if size is None else size
-    chosen = (selected or {}).get("selected", {}).get(label, {}).get(family, {})
-    if key in chosen or str(key) in chosen: return chosen.get(key, chosen.get(str(key))), f"selected ({selected['file']})"
     entry = _entry(preset["algorithms"][label])
     table = entry.get("hparams")
+    published = [] if table is None else table.get(family, {}).get(key)
+    chosen = (selected or {}).get("selected", {}).get(label, {}).get(family, {})
+    if key in chosen and (published is not None or table is None): return _with(published or [], chosen[key]), f"selected ({selected['file']})"
     if table is None: return [], "the preset's settings and the method's config"
-    row = table.get(family, {})
-    if key not in row: return None
-    return row[key], entry.get("hparams_source", preset.get("hparams_source", "the preset"))  # a row may say where its own values come from
+    if published is None: return None
+    return published, entry.get("hparams_source", preset.get("hparams_source", "the preset"))  # a row may say where its own values come from
 
 def _compose(experiment, overrides):
     from clarena.train import compose_config
@@ -177,12 +183,13 @@ def protocol_identity(cfg) -> str:
     agree only to float rounding). A run on several devices (data-parallel: another effective batch) stays its own."""
     import hashlib
     from clarena.arena import identity_config
+    from clarena.train import n_devices
     c = identity_config(cfg)
     for k in DEVICE_KEYS:
         *parents, leaf = k.split(".")
         node = c
         for q in parents: node = node.get(q) if isinstance(node, dict) else None
-        if isinstance(node, dict) and (leaf != "devices" or node.get(leaf) == 1): node.pop(leaf, None)  # on several devices: another run
+        if isinstance(node, dict) and (leaf != "devices" or n_devices(node.get(leaf)) == 1): node.pop(leaf, None)  # on several devices: another run
     return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (), selected: dict | None = None, planned: list | None = None) -> list[dict]:
@@ -224,9 +231,10 @@ def league_table(rows: list[dict]) -> list[dict]:
     groups = summarize_runs(rows)
     for g in groups:
         rs = [r for r in rows if r["benchmark"] == g["benchmark"] and r["algorithm"] == g["algorithm"]]
-        devices = {r.get("device") for r in rs}
+        devices = {{"cuda": "gpu"}.get(r.get("device"), r.get("device")) for r in rs}  # Lightning's two names for one kind
         g["device"] = devices.pop() if len(devices) == 1 else "mixed"
-        g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rs]) if g["device"] != "mixed" else (None, None)
+        if g["device"] == "mixed": g["ms_per_step"] = g["total_wall_s"] = (None, None)  # times on a CPU and a GPU: no mean means anything
+        else: g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rs])
     base = {g["benchmark"]: (g["ms_per_step"][0], g["device"]) for g in groups if g["algorithm"] == "Finetuning"}
     for g in groups:
         ft, on = base.get(g["benchmark"], (None, None))
@@ -245,8 +253,13 @@ def league_markdown(groups: list[dict]) -> str:
             out.append(f"| {g['algorithm']} | {g['finished']} | {f(g['final_avg_acc'])} | {f(g['bwt'])} | {f(g['forgetting'])} | "
                        f"{f(g['total_wall_s'], 1)} | {f(g['peak_host_memory_mb'], 0)} | {cost} |")
         out.append("")
+    ft = {g["benchmark"]: g.get("device") for g in groups if g["algorithm"] == "Finetuning"}
     if mixed := sorted({f"{g['algorithm']} on {g['benchmark']}" for g in groups if g.get("device") == "mixed"}):
-        out.append(f"Step cost n/a for {', '.join(mixed)}: its runs trained on different devices, whose step times do not compare.")
+        out.append(f"Wall time and step cost n/a for {', '.join(mixed)}: {'its' if len(mixed) == 1 else 'their'} runs trained on different "
+                   "devices, whose times do not compare.")
+    if other := sorted({f"{g['algorithm']} on {g['benchmark']}" for g in groups if g.get("device") not in (None, "mixed")
+                        and ft.get(g["benchmark"]) not in (None, g.get("device")) and g["algorithm"] != "Finetuning"}):
+        out.append(f"Step cost n/a for {', '.join(other)}: Finetuning's runs there trained on another device (or several).")
     return "\n".join(out)
 
 def plot_league(groups: list[dict], metric: str = "final_avg_acc") -> Figure:
@@ -363,12 +376,20 @@ def selectable_keys(preset: dict, label: str) -> set:
     table = _entry(preset["algorithms"][label]).get("hparams") or {}
     return {o.split("=", 1)[0] for fam in table.values() for row in fam.values() for o in row} | set(preset.get("grids", {}).get(label, {}))
 
+def _keeps_buffer(entry) -> bool | None:
+    "Whether a preset row's algorithm keeps a replay buffer (its config has `buffer_size`; a reference has none); None where the row names no algorithm."
+    ov = _entry(entry)["overrides"]
+    if any(str(o).startswith("reference=") for o in ov): return False
+    name = next((str(o).split("=", 1)[1] for o in ov if str(o).startswith("model/algorithm=")), None)
+    f = resources.files("clarena") / "conf" / "model" / "algorithm" / f"{name}.yaml" if name else None
+    return "buffer_size" in (yaml.safe_load(f.read_text()) or {}) if f is not None and f.is_file() else None
+
 def check_selected(doc, preset: dict, where: str) -> None:
     """A selection (`{selected: {row: {family: {buffer size or all: overrides}}}}`) that can only change hyperparameters: each
     row, family and size the preset's, each override `key=value` with a key the preset's published row or grid sets and a plain
     value (a number, a boolean, a string; no interpolation, list, dict or sweep), else `ConfigError`, one line naming it. A family
-    must be one the preset runs the row on, and a size one of the row's there. A selected row replaces the published one whole (as
-    `clarena.selection` writes it: the published row with the grid's keys set), so it names every value the run needs."""
+    must be one the preset runs the row on, and a size one of the row's there. A selected row is laid over the published one
+    (`run_hparams`): the values it names replace the published ones, the others stay."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType, ValueType
     sel = doc.get("selected") if isinstance(doc, dict) else None
@@ -389,9 +410,12 @@ def check_selected(doc, preset: dict, where: str) -> None:
                                   f"hyperparameters for {', '.join(map(str, table))}); a selection sets hyperparameters, it adds no runs")
             if sizes is None: raise ConfigError(f"{where}: {label} / {fam} is empty (null); give {{buffer size or all: [overrides]}}, or leave the family out")
             if not isinstance(sizes, dict): raise ConfigError(f"{where}: {label} / {fam}: expected {{buffer size or all: [overrides]}}, got {sizes!r}")
-            valid = list(table[fam]) if table is not None else ["all", *buffers]  # the row's sizes there; a row with no table: any the preset runs
+            keeps = _keeps_buffer(preset["algorithms"][label])  # a row with no table: 'all', or the preset's sizes for a replay method
+            valid = list(table[fam]) if table is not None else ["all"] if keeps is False else buffers if keeps else ["all", *buffers]
             for size, row in sizes.items():
                 at = f"{where}: {label} / {fam} / {size}"
+                if isinstance(size, str) and size.strip().isdigit():
+                    raise ConfigError(f"{at}: a buffer size is a whole number: write {size.strip()}, not {size!r}; valid choices: {', '.join(map(repr, valid))}")
                 if isinstance(size, bool) or size not in valid:
                     raise ConfigError(f"{at}: {size!r} is not a buffer size the preset runs {label} at on {fam}; valid choices: {', '.join(map(repr, valid))}")
                 if not isinstance(row, list) or not all(isinstance(o, str) for o in row): raise ConfigError(f"{at}: expected a list of key=value overrides, got {row!r}")

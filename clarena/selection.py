@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from .core import ConfigError, check_choice
-from .league import load_preset, shrink_preset, run_hparams, preset_configs, _entry
+from .league import load_preset, shrink_preset, run_hparams, preset_configs, _entry, _with, _keeps_buffer
 
 # %% auto #0
 __all__ = ['grid_points', 'selection_runs', 'select', 'write_selection', 'selection_main']
@@ -26,11 +26,6 @@ def grid_points(grid: dict) -> list[list[str]]:
     "Every combination of a grid `{key: [values]}` as Hydra overrides, in the grid's order."
     keys = list(grid)
     return [[f"{k}={v}" for k, v in zip(keys, vals)] for vals in itertools.product(*(grid[k] for k in keys))]
-
-def _with(base: list, point: list) -> list:
-    "`base` overrides with the grid point's keys replaced by the point's values."
-    keys = {o.split("=", 1)[0] for o in point}
-    return [o for o in base if o.split("=", 1)[0] not in keys] + point
 
 def _no_row(preset: dict, algorithm: str, benchmark: str, family: str, size: int | None) -> str:
     "Why the preset has no hyperparameters for `algorithm` on `benchmark` at buffer `size`, and what to give instead."
@@ -45,12 +40,19 @@ def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: in
                    seed: int = 0, val_size: float = 0.1, overrides: list = ()) -> list[tuple]:
     """One run per grid point: `(point, overrides of the row, config)` for `algorithm` on `benchmark` at `buffer_size`, one seed, with
     `val_size` of each task's training data held out for scoring (the DER paper's 10%)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not 0 < val_size < 1:
+        raise ConfigError(f"val_size must be a fraction in (0, 1): selection scores on held-out training data, got {val_size!r}")
     grid = grid if grid is not None else preset.get("grids", {}).get(algorithm)
     if not grid: raise ConfigError(f"no grid for {algorithm!r}: give one, or add it under the preset's grids (it has {sorted(preset.get('grids', {}))})")
     p = shrink_preset(preset, [seed], None if buffer_size is None else [buffer_size], [benchmark], [algorithm])
     family = p["benchmarks"][benchmark].get("hparams")
     base = run_hparams(p, algorithm, family, buffer_size)
     if base is None: raise ConfigError(_no_row(preset, algorithm, benchmark, family, buffer_size))
+    sizes = preset["benchmarks"][benchmark].get("buffer_sizes", preset.get("buffer_sizes")) or []
+    if _entry(preset["algorithms"][algorithm]).get("hparams") is None and buffer_size is not None and buffer_size not in sizes:
+        raise ConfigError(f"{algorithm} runs at buffer sizes {', '.join(map(str, sizes)) or 'none'} in this preset, not {buffer_size}: "
+                          f"a selection file may only choose for the preset's runs" + ("" if _keeps_buffer(preset["algorithms"][algorithm]) is not False else
+                          f" ({algorithm} keeps no buffer: leave out buffer_size=)"))
     label = algorithm if buffer_size is None else f"{algorithm} ({buffer_size})"
     out = []
     for point in grid_points(grid):
@@ -83,12 +85,12 @@ def select(preset: str | dict, algorithm: str, benchmark: str, arena_dir, out=No
         s = dict(point=point, row=row, final_val_avg_acc=m.get("final_val_avg_acc"), run=run_identity(c))
         if not m:  # a point that failed (a learning rate that diverges: non-finite loss) loses, and the file says why
             s["failed"] = json.loads((d / "failed.json").read_text()).get("error", "failed") if (d / "failed.json").exists() else "did not finish"
-        elif s["final_val_avg_acc"] is None:  # finished before with nothing held out (the same run at val_size=0): nothing to score
+        elif s["final_val_avg_acc"] is None:  # a validation split too small to hold a sample: nothing to score
             s["failed"] = "no validation score (empty validation split)"
         scores.append(s)
     done = [s for s in scores if s["final_val_avg_acc"] is not None]
     if not done: raise RuntimeError(f"no grid point of {algorithm} on {benchmark} gave a score (see {arena_dir / 'runs'}): "
-                                    + "; ".join(f"{' '.join(s['point'])}: {s['failed'].splitlines()[0][:120]}" for s in scores))
+                                    + "; ".join(f"{' '.join(s['point'])}: {((s['failed'] or 'failed').splitlines() or ['failed'])[0][:120]}" for s in scores))
     best = max(done, key=lambda s: s["final_val_avg_acc"])  # the first of equal scores: the grid's order
     family = preset["benchmarks"][benchmark].get("hparams")
     prov = dict(preset=name, algorithm=algorithm, benchmark=benchmark, family=family, buffer_size=buffer_size, seed=seed,
@@ -125,7 +127,6 @@ def selection_main(args: list) -> int:
             try: kind(opts.get(k, 0))
             except ValueError: raise ConfigError(f"{k} must be a {'whole number' if kind is int else 'fraction'}, got {k}={opts[k]!r}")
         size, seed, val, n_jobs = (None if "buffer_size" not in opts else int(opts["buffer_size"])), int(opts.get("seed", 0)), float(opts.get("val_size", 0.1)), int(opts.get("n_jobs", 1))
-        if not 0 < val < 1: raise ConfigError(f"val_size must be a fraction in (0, 1): selection scores on held-out training data, got {val}")
         selection_runs(preset, opts["algorithm"], opts["benchmark"], size, None, seed, val, overrides)  # bad input fails here, before training
     except ConfigError as e:
         print(f"clarena: configuration error: {e}", file=sys.stderr); return 2

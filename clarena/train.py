@@ -22,7 +22,7 @@ log = logging.getLogger("clarena")
 
 # %% auto #0
 __all__ = ['log', 'ACCELERATORS', 'FLOAT32_MAX', 'PRECISIONS', 'REFERENCE_NAMES', 'VALUE_CHECKS', 'RESUME_OVERRIDES',
-           'APP_DESCRIPTIONS', 'compose_config', 'absolute_data_root', 'check_values', 'check_run_config',
+           'APP_DESCRIPTIONS', 'compose_config', 'absolute_data_root', 'check_values', 'n_devices', 'check_run_config',
            'resume_config', 'failure', 'discard_unused_run_dir', 'interrupted_line', 'main', 'fast_exit', 'cli_help',
            'did_you_mean', 'input_error', 'run_cli', 'job_failed', 'SweepReport', 'InputCheck']
 
@@ -125,12 +125,24 @@ def check_values(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"{key}={v!r} is beyond float32's largest number ({FLOAT32_MAX:.3g}), the type of the model's weights")
     return cfg
 
+def n_devices(v) -> int | None:
+    """How many devices Lightning's `trainer.devices` names: a count (`2`, `'2'`), a list of indices (`[0, 1]`) or a string of them
+    (`'0,1'`, `'0,'`: one); None where the machine decides (`-1`, `'auto'`)."""
+    if isinstance(v, bool): return None
+    if isinstance(v, int): return v if v >= 1 else None
+    if OmegaConf.is_list(v) or isinstance(v, (list, tuple)): return len(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if "," in s: return len([x for x in s.split(",") if x.strip()])
+        if s.isdigit() and int(s) >= 1: return int(s)
+    return None
+
 def _check_processes(cfg):
     "Several processes (DDP) need a strategy that expects unused parameters: an earlier task's head gets no gradient in a later task."
     tr = cfg.get("trainer") if OmegaConf.is_dict(cfg) else None
     if not OmegaConf.is_dict(tr) or "devices" not in tr: return
     v = tr.get("devices")
-    n = v if isinstance(v, int) else len(v) if OmegaConf.is_list(v) else len(v.strip(",").split(",")) if isinstance(v, str) and v[:1].isdigit() else 1
+    n = n_devices(v) or 1  # -1 / 'auto': as many as the machine has, checked by Lightning where it starts them
     if n > 1 and str(tr.get("strategy", "auto")) in ("auto", "ddp", "ddp_spawn"):
         raise ConfigError(f"trainer.devices={v} runs {n} processes, whose DDP must expect the parameters a task leaves unused (earlier "
                           f"tasks' heads); trainer.strategy={tr.get('strategy', 'auto')} does not: use trainer=ddp "
