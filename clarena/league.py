@@ -219,7 +219,8 @@ def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (
         train_s = sum(m["task_train_s"]) if m.get("task_train_s") and len(m["task_train_s"]) == len(m["task_wall_s"]) else sum(m["task_wall_s"])
         arena = m["config"].get("arena", {})
         bench, label, hparams = keep[pid] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
-        device = m["config"]["trainer"].get("accelerator")
+        device = m.get("device") or m["config"]["trainer"].get("accelerator")  # where it trained (recorded since 2026-12-06), else what it asked for
+        device = {"cuda": "gpu"}.get(device, device)
         rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, device=device, ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 

@@ -434,6 +434,7 @@ def _run_experiment(cfg: DictConfig) -> dict:
                experiment=cfg.experiment_name, algorithm=getattr(algo, "name", type(algo).__name__), reference=cfg.get("reference"), scenario=dm.scenario, num_tasks=dm.num_tasks,
                data_source=dm.data_source, data_is_sample=dm.data_is_sample, seed=cfg.seed, tags=list(cfg.get("tags") or []),
                commit=code_commit(), clarena_version=clarena.__version__, torch_version=torch.__version__,
+               device=trainer.strategy.root_device.type,  # where it trained ('cpu', 'cuda', 'mps'): trainer.accelerator may say 'auto'
                algorithm_report=progress["algorithm_report"], run_dir=str(run_dir), config=config)
     caps = progress.get("capacity_per_task") or []
     if len(caps) == dm.num_tasks and all(c is not None for c in caps): out["capacity_per_task"] = caps  # one entry per task, after it
