@@ -220,7 +220,7 @@ def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (
         arena = m["config"].get("arena", {})
         bench, label, hparams = keep[pid] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
         device = m.get("device") or m["config"]["trainer"].get("accelerator")  # where it trained (recorded since 2026-12-06), else what it asked for
-        device = {"cuda": "gpu"}.get(device, device)
+        device = {"cuda": "gpu", "auto": None}.get(device, device)  # 'auto' (an older run's request) names no device
         rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, device=device, ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
@@ -232,8 +232,8 @@ def league_table(rows: list[dict]) -> list[dict]:
     groups = summarize_runs(rows)
     for g in groups:
         rs = [r for r in rows if r["benchmark"] == g["benchmark"] and r["algorithm"] == g["algorithm"]]
-        devices = {{"cuda": "gpu"}.get(r.get("device"), r.get("device")) for r in rs}  # Lightning's two names for one kind
-        g["device"] = devices.pop() if len(devices) == 1 else "mixed"
+        devices = {{"cuda": "gpu"}.get(r.get("device"), r.get("device")) for r in rs} - {None}  # Lightning's two names for one kind; None: not known
+        g["device"] = None if not devices else devices.pop() if len(devices) == 1 else "mixed"
         if g["device"] == "mixed": g["ms_per_step"] = g["total_wall_s"] = (None, None)  # times on a CPU and a GPU: no mean means anything
         else: g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rs])
     base = {g["benchmark"]: (g["ms_per_step"][0], g["device"]) for g in groups if g["algorithm"] == "Finetuning"}
@@ -415,7 +415,7 @@ def check_selected(doc, preset: dict, where: str) -> None:
             valid = list(table[fam]) if table is not None else ["all"] if keeps is False else buffers if keeps else ["all", *buffers]
             for size, row in sizes.items():
                 at = f"{where}: {label} / {fam} / {size}"
-                if isinstance(size, str) and size.strip().isdigit():
+                if isinstance(size, str) and size.strip().isdigit() and int(size) in valid:
                     raise ConfigError(f"{at}: a buffer size is a whole number: write {size.strip()}, not {size!r}; valid choices: {', '.join(map(repr, valid))}")
                 if isinstance(size, bool) or size not in valid:
                     raise ConfigError(f"{at}: {size!r} is not a buffer size the preset runs {label} at on {fam}; valid choices: {', '.join(map(repr, valid))}")

@@ -46,13 +46,14 @@ def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: in
     if not grid: raise ConfigError(f"no grid for {algorithm!r}: give one, or add it under the preset's grids (it has {sorted(preset.get('grids', {}))})")
     p = shrink_preset(preset, [seed], None if buffer_size is None else [buffer_size], [benchmark], [algorithm])
     family = p["benchmarks"][benchmark].get("hparams")
+    if _entry(preset["algorithms"][algorithm]).get("hparams") is None:  # a row with no table: its sizes are the preset's, if it keeps a buffer
+        keeps, sizes = _keeps_buffer(preset["algorithms"][algorithm]), preset["benchmarks"][benchmark].get("buffer_sizes", preset.get("buffer_sizes")) or []
+        if keeps is False and buffer_size is not None: raise ConfigError(f"{algorithm} has no replay buffer: leave out buffer_size= (got {buffer_size})")
+        if keeps and buffer_size is None: raise ConfigError(f"{algorithm} keeps a replay buffer: give buffer_size=, one of {', '.join(map(str, sizes))}")
+        if keeps and buffer_size not in sizes:
+            raise ConfigError(f"{algorithm} runs at buffer sizes {', '.join(map(str, sizes))} in this preset, not {buffer_size}: a selection chooses for the preset's runs")
     base = run_hparams(p, algorithm, family, buffer_size)
     if base is None: raise ConfigError(_no_row(preset, algorithm, benchmark, family, buffer_size))
-    sizes = preset["benchmarks"][benchmark].get("buffer_sizes", preset.get("buffer_sizes")) or []
-    if _entry(preset["algorithms"][algorithm]).get("hparams") is None and buffer_size is not None and buffer_size not in sizes:
-        raise ConfigError(f"{algorithm} runs at buffer sizes {', '.join(map(str, sizes)) or 'none'} in this preset, not {buffer_size}: "
-                          f"a selection file may only choose for the preset's runs" + ("" if _keeps_buffer(preset["algorithms"][algorithm]) is not False else
-                          f" ({algorithm} keeps no buffer: leave out buffer_size=)"))
     label = algorithm if buffer_size is None else f"{algorithm} ({buffer_size})"
     out = []
     for point in grid_points(grid):
