@@ -177,6 +177,10 @@ def train_steps(config: dict) -> list[int]:
 
 DEVICE_KEYS = ("trainer.accelerator", "trainer.devices", "speed")
 
+def _device_kind(device: str | None) -> str | None:
+    "A run's device as the league compares them: Lightning's 'cuda' and 'gpu' are one kind; 'auto' (an older run's request) names none."
+    return {"cuda": "gpu", "auto": None}.get(device, device)
+
 def protocol_identity(cfg) -> str:
     """`run_identity` less the device a run trained on and how its steps were driven (`DEVICE_KEYS`; the device count only where it
     is 1): a protocol's run is the same run on a CPU or a GPU for its report, though the arena keeps the two apart (their numbers
@@ -220,7 +224,7 @@ def league_rows(arena_dir, preset: str | dict | None = None, overrides: list = (
         arena = m["config"].get("arena", {})
         bench, label, hparams = keep[pid] if keep is not None else (arena.get("benchmark") or r["benchmark"], _label(m), arena.get("hparams"))
         device = m.get("device") or m["config"]["trainer"].get("accelerator")  # where it trained (recorded since 2026-12-06), else what it asked for
-        device = {"cuda": "gpu", "auto": None}.get(device, device)  # 'auto' (an older run's request) names no device
+        device = _device_kind(device)
         rows.append(dict(r, algorithm=label, benchmark=bench, hparams=hparams, device=device, ms_per_step=1000 * train_s / steps_of[key]))
     return rows
 
@@ -232,7 +236,7 @@ def league_table(rows: list[dict]) -> list[dict]:
     groups = summarize_runs(rows)
     for g in groups:
         rs = [r for r in rows if r["benchmark"] == g["benchmark"] and r["algorithm"] == g["algorithm"]]
-        devices = {{"cuda": "gpu"}.get(r.get("device"), r.get("device")) for r in rs} - {None}  # Lightning's two names for one kind; None: not known
+        devices = {_device_kind(r.get("device")) for r in rs} - {None}  # None: not known
         g["device"] = None if not devices else devices.pop() if len(devices) == 1 else "mixed"
         if g["device"] == "mixed": g["ms_per_step"] = g["total_wall_s"] = (None, None)  # times on a CPU and a GPU: no mean means anything
         else: g["ms_per_step"] = _mean_std([r["ms_per_step"] for r in rs])
