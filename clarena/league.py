@@ -95,6 +95,10 @@ def _compose(experiment, overrides):
     try: return compose_config(experiment, overrides), None
     except Exception as e: return None, f"its config does not compose here ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
 
+def _buffer_sizes(preset: dict, b: dict) -> list | None:
+    "The replay buffer sizes of benchmark entry `b`: its own `buffer_sizes`, else the preset's; None where neither names any."
+    return b.get("buffer_sizes", preset.get("buffer_sizes"))
+
 def preset_configs(preset: dict, overrides: list = (), selected: dict | None = None) -> list[tuple]:
     "The runs of `preset`: `(benchmark label, algorithm label, config)`, without the combinations that cannot run, which are listed."
     out, skipped = [], []
@@ -112,7 +116,7 @@ def preset_configs(preset: dict, overrides: list = (), selected: dict | None = N
             if cfg.data.scenario not in (sup := algorithm_class(cfg).supports):
                 skipped.append(f"{algo} on {bench}: {cfg.data.scenario} ({algo} supports {', '.join(sorted(sup))} only)"); continue
             replay = "buffer_size" in cfg.model.algorithm and not cfg.get("reference")
-            for size in (b.get("buffer_sizes", preset.get("buffer_sizes", [None])) if replay else [None]):
+            for size in ((_buffer_sizes(preset, b) or [None]) if replay else [None]):
                 label = algo if size is None else f"{algo} ({size})"
                 hp = run_hparams(preset, algo, b.get("hparams"), size, selected)
                 if hp is None: skipped.append(f"{label} on {bench}: no hyperparameters for {b.get('hparams')}"); continue
@@ -400,7 +404,7 @@ def check_selected(doc, preset: dict, where: str) -> None:
     sel = doc.get("selected") if isinstance(doc, dict) else None
     if not isinstance(sel, dict): raise ConfigError(f"{where} has no 'selected:' mapping; give a selection file that clarena.selection wrote")
     families = sorted({str(b.get("hparams")) for b in preset["benchmarks"].values()})
-    buffers = sorted({s for b in preset["benchmarks"].values() for s in (b.get("buffer_sizes", preset.get("buffer_sizes")) or [])})
+    buffers = sorted({s for b in preset["benchmarks"].values() for s in (_buffer_sizes(preset, b) or [])})
     parser = OverridesParser.create()
     for label, fams in sel.items():
         check_choice(f"{where}: row", label, list(preset["algorithms"]))

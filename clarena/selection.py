@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from .core import ConfigError, check_choice
-from .league import load_preset, shrink_preset, run_hparams, preset_configs, _entry, _with, _keeps_buffer
+from .league import load_preset, shrink_preset, run_hparams, preset_configs, _entry, _with, _keeps_buffer, _buffer_sizes
 
 # %% auto #0
 __all__ = ['grid_points', 'selection_runs', 'select', 'write_selection', 'selection_main']
@@ -47,7 +47,7 @@ def selection_runs(preset: dict, algorithm: str, benchmark: str, buffer_size: in
     p = shrink_preset(preset, [seed], None if buffer_size is None else [buffer_size], [benchmark], [algorithm])
     family = p["benchmarks"][benchmark].get("hparams")
     if _entry(preset["algorithms"][algorithm]).get("hparams") is None:  # a row with no table: its sizes are the preset's, if it keeps a buffer
-        keeps, sizes = _keeps_buffer(preset["algorithms"][algorithm]), preset["benchmarks"][benchmark].get("buffer_sizes", preset.get("buffer_sizes")) or []
+        keeps, sizes = _keeps_buffer(preset["algorithms"][algorithm]), _buffer_sizes(preset, preset["benchmarks"][benchmark]) or []
         if keeps is False and buffer_size is not None: raise ConfigError(f"{algorithm} has no replay buffer: leave out buffer_size= (got {buffer_size})")
         if keeps and buffer_size is None: raise ConfigError(f"{algorithm} keeps a replay buffer: give buffer_size=, one of {', '.join(map(str, sizes))}")
         if keeps and buffer_size not in sizes:
