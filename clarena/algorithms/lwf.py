@@ -12,9 +12,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .base import CLAlgorithm, check_number
+from ..core import check_choice
+
+CIL_CLASSES = ("old", "seen")  # LwF's CIL distillation: a softmax over the old classes, or over every class seen so far
 
 # %% auto #0
-__all__ = ['FrozenCopy', 'distillation', 'LwF']
+__all__ = ['CIL_CLASSES', 'FrozenCopy', 'distillation', 'LwF']
 
 # %% ../../nbs/06d_lwf.ipynb #f31a1c9f
 class FrozenCopy:
@@ -55,10 +58,12 @@ def distillation(logits: torch.Tensor, old_logits: torch.Tensor, temperature: fl
 # %% ../../nbs/06d_lwf.ipynb #2feaf547
 class LwF(CLAlgorithm):
     "Learning without Forgetting (Li & Hoiem, TPAMI 2017): distil the previous model's outputs on the current inputs."
-    def __init__(self, backbone, head, optimizer, scheduler=None, strength: float = 1.0, temperature: float = 2.0, **kwargs):
+    def __init__(self, backbone, head, optimizer, scheduler=None, strength: float = 1.0, temperature: float = 2.0, cil_classes: str = "old", **kwargs):
         super().__init__(backbone, head, optimizer, scheduler, **kwargs)
         self.strength = check_number("LwF's strength (lambda_o)", strength)                        # lambda_o
         self.temperature = check_number("LwF's temperature (T)", temperature, 0.0, inclusive=False)  # T, eq. 3
+        check_choice("LwF's cil_classes", cil_classes, CIL_CLASSES)  # the softmax of the CIL distillation
+        self.cil_classes = cil_classes
         self.old: FrozenCopy | None = None   # backbone and head at the end of the previous task
         self.old_head_classes: list[int] = []  # the classes each task had added to that head
         self._placed = False
@@ -75,20 +80,24 @@ class LwF(CLAlgorithm):
         self.old, self.old_head_classes = FrozenCopy(self._model()), list(self.head_classes)
 
     def targets(self, x: torch.Tensor) -> list:
-        "The previous model's outputs on `x`, one tensor per distillation term: each old task's head (TIL), the old classes (CIL), the shared head (DIL)."
+        "The previous model's outputs on `x`, one tensor per distillation term: each old task's head (TIL), the old classes (CIL; with `cil_classes='seen'` followed by -inf for the current task's), the shared head (DIL)."
         old = self.old.module
         with torch.no_grad():
             h = old["backbone"](x, task_id=self.task_id)
             if self.head.scenario == "TIL": return [old["head"](h, k) for k in range(len(self.old_head_classes))]
-            if self.head.scenario == "CIL": return [old["head"](h, self.task_id)[:, :sum(self.old_head_classes)]]  # a fixed head has later classes too
+            if self.head.scenario == "CIL":
+                old_logits = old["head"](h, self.task_id)[:, :sum(self.old_head_classes)]  # a fixed head has later classes too
+                if self.cil_classes == "old": return [old_logits]
+                new = sum(self.head_classes) - old_logits.shape[1]  # the current task's classes: target probability 0 (a logit of -inf)
+                return [torch.cat([old_logits, old_logits.new_full((len(x), new), -math.inf)], 1)]
             return [old["head"](h, self.task_id)]
 
     def outputs(self, x: torch.Tensor, logits: torch.Tensor) -> list:
-        "The current model's outputs that `targets(x)` are for: the old heads on the step's features (TIL), the old classes' columns of `logits` (CIL), `logits` (DIL)."
+        "The current model's outputs that `targets(x)` are for: the old heads on the step's features (TIL), the old (or all seen) classes' columns of `logits` (CIL), `logits` (DIL)."
         if self.head.scenario == "TIL":
             h = self.backbone(x, task_id=self.task_id)  # the step's features again: extra_loss is handed the current head's logits only
             return [self.head(h, k) for k in range(len(self.old_head_classes))]
-        if self.head.scenario == "CIL": return [logits[:, :sum(self.old_head_classes)]]
+        if self.head.scenario == "CIL": return [logits[:, :sum(self.old_head_classes if self.cil_classes == "old" else self.head_classes)]]
         return [logits]
 
     def extra_loss(self, batch, logits):
