@@ -109,6 +109,10 @@ def test_three_scenarios_settings_are_the_papers(tmp_path):
     assert (q.data._target_, q.data.scenario, q.data.num_tasks, q.model.head._target_) == ("clarena.data.permuted.PermutedDataModule", "CIL", 10, "clarena.models.heads.HeadCIL")
     assert (list(q.model.backbone.hidden_dims), q.model.optimizer.lr, q.trainer.max_steps, q.data.batch_size) == ([1000, 1000], 0.0001, 5000, 128)
     assert (q.model.algorithm.strength, c["EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.gamma) == (0.1, 1.0, 5.0, 1.0)
+    # LwF distils in Class-IL over every seen class, as the authors' code does; its Task-IL and Domain-IL runs are those of its config
+    p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL"], ["LwF"])
+    c = {b: x.model.algorithm for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
+    assert [c[b].get("cil_classes") for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL")] == [None, None, "seen", "seen"]
 
 
 @needs_fashion
