@@ -71,10 +71,13 @@ def _entry(entry) -> dict:
     "An algorithm's entry as a dict: a plain list is its overrides."
     return dict(overrides=entry) if isinstance(entry, list) else {"overrides": [], **entry}
 
+def _key(o: str) -> str: return o.split("=", 1)[0].lstrip("+")  # the key an override sets, added (`+key=`) or changed
+
 def _with(base: list, point: list) -> list:
-    "`base` overrides with the keys `point` sets replaced by `point`'s values (a grid point, or a selected row over the published one)."
-    keys = {o.split("=", 1)[0] for o in point}
-    return [o for o in base if o.split("=", 1)[0] not in keys] + list(point)
+    """`base` overrides with the keys `point` sets replaced by `point`'s values (a grid point, or a selected row over the published
+    one); a key that `base` adds to the method's config (`+key=value`) is still added."""
+    added, keys = {_key(o) for o in base if o.startswith("+")}, {_key(o) for o in point}
+    return [o for o in base if _key(o) not in keys] + ["+" + o.lstrip("+") if _key(o) in added else o for o in point]
 
 def run_hparams(preset: dict, label: str, family: str | None, size: int | None, selected: dict | None = None):
     """The hyperparameter overrides of algorithm `label` on a benchmark of hyperparameter `family` at buffer `size`, and where
@@ -383,7 +386,7 @@ def protocol_markdown(preset: dict, table: list[dict]) -> str:
 def selectable_keys(preset: dict, label: str) -> set:
     "The keys a selection may set for the row `label`: those of the preset's published hyperparameters for it and of its grid."
     table = _entry(preset["algorithms"][label]).get("hparams") or {}
-    return {o.split("=", 1)[0] for fam in table.values() for row in fam.values() for o in row} | set(preset.get("grids", {}).get(label, {}))
+    return {_key(o) for fam in table.values() for row in fam.values() for o in row} | set(preset.get("grids", {}).get(label, {}))
 
 def _keeps_buffer(entry) -> bool | None:
     "Whether a preset row's algorithm keeps a replay buffer (its config has `buffer_size`; a reference has none); None where the row names no algorithm."
@@ -412,6 +415,7 @@ def check_selected(doc, preset: dict, where: str) -> None:
         keys = selectable_keys(preset, label)
         if not keys: raise ConfigError(f"{where}: {label}: the preset's {label} row has no hyperparameters a selection may set (no published values, no grid)")
         table = _entry(preset["algorithms"][label]).get("hparams")
+        adds = {_key(o) for f in (table or {}).values() for row in f.values() for o in row if o.startswith("+") and not o.startswith("++")}
         for fam, sizes in fams.items():
             check_choice(f"{where}: {label}: benchmark family", str(fam), families)
             if table is not None and fam not in table:  # the preset leaves the row out there: a selection changes values, it adds no runs
@@ -432,7 +436,8 @@ def check_selected(doc, preset: dict, where: str) -> None:
                     try: ov = parser.parse_override(o)
                     except Exception: ov = None
                     v = ov.value() if ov is not None and ov.value_type == ValueType.ELEMENT else None
-                    if ov is None or ov.type != OverrideType.CHANGE or ov.package is not None or not isinstance(v, (int, float, str)) or "${" in str(v):
+                    kind_ok = ov is not None and (ov.type == OverrideType.CHANGE or ov.type == OverrideType.ADD and ov.key_or_group in adds)  # +key= where the preset's row adds key
+                    if not kind_ok or ov.package is not None or not isinstance(v, (int, float, str)) or "${" in str(v):
                         raise ConfigError(f"{at}: {o!r} is not key=value with a plain value (a number, a boolean or a string); a selection only sets hyperparameters")
                     if ov.key_or_group not in keys:
                         raise ConfigError(f"{at}: {o!r} sets {ov.key_or_group}, not a hyperparameter of the preset's {label} row; a selection may set {', '.join(sorted(keys))}")

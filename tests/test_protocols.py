@@ -11,6 +11,7 @@ import pytest
 from conftest import needs_fashion
 
 from clarena.league import check_orders, league_main, league_rows, load_preset, preset_configs, protocol_table, run_league, shrink_preset
+from clarena.arena import run_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -111,8 +112,10 @@ def test_three_scenarios_settings_are_the_papers(tmp_path):
     assert (q.model.algorithm.strength, c["EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.strength, c["Online EWC"].model.algorithm.gamma) == (0.1, 1.0, 5.0, 1.0)
     # LwF distils in Class-IL over every seen class, as the authors' code does; its Task-IL and Domain-IL runs are those of its config
     p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL"], ["LwF"])
-    c = {b: x.model.algorithm for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
-    assert [c[b].get("cil_classes") for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL")] == [None, None, "seen", "seen"]
+    c = {b: x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
+    assert [c[b].model.algorithm.get("cil_classes") for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL")] == [None, None, "seen", "seen"]
+    committed = {d.name for d in (ROOT / "reports" / "arena" / "three_scenarios" / "runs").iterdir()}  # the Split runs are there, all 210
+    assert [run_identity(c[b]) in committed for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL")] == [True, True, True]
 
 
 @needs_fashion

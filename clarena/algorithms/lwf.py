@@ -89,7 +89,7 @@ class LwF(CLAlgorithm):
                 old_logits = old["head"](h, self.task_id)[:, :sum(self.old_head_classes)]  # a fixed head has later classes too
                 if self.cil_classes == "old": return [old_logits]
                 new = sum(self.head_classes) - old_logits.shape[1]  # the current task's classes: target probability 0 (a logit of -inf)
-                return [torch.cat([old_logits, old_logits.new_full((len(x), new), -math.inf)], 1)]
+                return [torch.cat([old_logits, old_logits.new_full((old_logits.shape[0], new), -math.inf)], 1)]
             return [old["head"](h, self.task_id)]
 
     def outputs(self, x: torch.Tensor, logits: torch.Tensor) -> list:
