@@ -57,10 +57,12 @@ def test_lwf_resume_gives_the_uninterrupted_matrix(runs, tmp_path):
     assert resumed["acc_matrix"] == m["lwf"]["acc_matrix"] and resumed["loss_matrix"] == m["lwf"]["loss_matrix"]  # bit for bit
 
 
-@pytest.mark.parametrize("experiment", ["smnist_cil_finetuning", "smnist_dil_finetuning"])
-def test_lwf_cil_dil_run_and_resume(tmp_path, no_data_root, experiment):
-    "CIL (the old classes' columns of a grown head) and DIL (the shared head): chunked runs, and a resume that rebuilds the old model."
-    cfg = compose_config(experiment, ["model/algorithm=lwf", "data.num_tasks=3", "trainer.limit_train_batches=20", "trainer.deterministic=true",
+@pytest.mark.parametrize("experiment, extra", [("smnist_cil_finetuning", []), ("smnist_cil_finetuning", ["+model.algorithm.cil_classes=seen"]),
+                                               ("smnist_dil_finetuning", [])])
+def test_lwf_cil_dil_run_and_resume(tmp_path, no_data_root, experiment, extra):
+    """CIL (the old classes' columns of a grown head, or with cil_classes=seen every seen class's, the current task's at
+    probability 0) and DIL (the shared head): chunked runs, and a resume that rebuilds the old model."""
+    cfg = compose_config(experiment, ["model/algorithm=lwf", *extra, "data.num_tasks=3", "trainer.limit_train_batches=20", "trainer.deterministic=true",
                                       "trainer.log_every_n_steps=5", "measure_fwt=false", "trainer.enable_progress_bar=false",
                                       f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'whole'}"])
     whole = run_experiment(cfg)
@@ -69,6 +71,8 @@ def test_lwf_cil_dil_run_and_resume(tmp_path, no_data_root, experiment):
     assert "train/distillation" in logged and "train/task_loss" in logged
     resumed = resume_after_task_0(tmp_path / "whole", tmp_path, 3)
     assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]
+    mode = "seen" if extra else "old"
+    assert build(resume_config(tmp_path / "cut"))[1].cil_classes == mode  # the resumed run distils as the original did
 
 
 @pytest.mark.parametrize("override, message", [("model.algorithm.strength=-1", "LwF's strength (lambda_o) must be a number >= 0.0, got -1"),
