@@ -1,5 +1,6 @@
 """Shared test set-up: one torch thread per process (two busy processes on two cores otherwise crawl)."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -83,15 +84,23 @@ def finetuning_and(tmp_path_factory, name: str, overrides: list, common: list) -
     return out, d / name
 
 
-def resumes_after_task(tmp_path, whole: dict, task: int = 2, name: str = "whole") -> dict:
-    """The finished run `tmp_path/name` (its metrics `whole`) copied as if killed during `task` (its last checkpoint task `task - 1`'s,
-    no results yet) and resumed: it must end with the whole run's matrices bit for bit. Returns the resumed run's metrics."""
+def killed_during(run_dir: Path, task: int, dest: Path) -> Path:
+    """A copy at `dest` of the finished run `run_dir` as a kill during `task` leaves it: no results (metrics.json), and no checkpoint
+    or CSV log of `task` or of any later task, so that a resume goes on from task `task - 1`'s checkpoint. Returns `dest`."""
     import shutil
+    shutil.copytree(run_dir, dest)
+    (dest / "metrics.json").unlink()
+    for p in [*(dest / "checkpoints").glob("task_*.ckpt"), *(dest / "csv").glob("task_*")]:
+        if int(p.name.split(".")[0].split("_")[1]) >= task: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return dest
+
+
+def resumes_after_task(tmp_path, whole: dict, task: int = 2, name: str = "whole", run_dir: Path | None = None) -> dict:
+    """The finished run `run_dir` (default `tmp_path/name`; its metrics `whole`) copied to `tmp_path/killed` as if killed during `task`
+    (`killed_during`) and resumed: it must resume at `task` and end with the whole run's matrices bit for bit. Returns its metrics."""
     from clarena.loop import run_experiment
     from clarena.train import resume_config
-    killed = tmp_path / "killed"
-    shutil.copytree(tmp_path / name, killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / f"task_{task}.ckpt").unlink(); shutil.rmtree(killed / "csv" / f"task_{task}")
+    killed = killed_during(run_dir or tmp_path / name, task, tmp_path / "killed")
     resumed = run_experiment(resume_config(killed))
     assert resumed["resumed_at_task"] == task
     assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit

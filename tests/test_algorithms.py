@@ -2,7 +2,7 @@
 (speed.steps_per_call=auto, the default) give exactly the matrices of one step per Lightning step, and a run
 resumed from the checkpoint after task 1 (its state restored through state()/load_state()), or from a step checkpoint
 in the middle of task 1 (a preempted job's), ends with exactly the matrices of the uninterrupted run."""
-import csv, logging, shutil
+import csv, logging
 
 import lightning as L
 import pytest
@@ -11,6 +11,8 @@ from clarena.core import ConfigError, register
 from clarena.checkpoints import load_checkpoint
 from clarena.loop import run_experiment
 from clarena.train import compose_config, resume_config
+
+from conftest import resumes_after_task
 
 # (name, experiment, overrides): every algorithm and reference clarena ships
 ALGORITHMS = [
@@ -87,14 +89,8 @@ def test_chunks_and_resume_give_the_uninterrupted_matrices(tmp_path, no_data_roo
     else: assert min(whole["acc_matrix"][t][t] for t in range(3)) > chance + 0.3, whole["acc_matrix"]
     one = run(tmp_path, "one", no_data_root, experiment, *extra, "speed.steps_per_call=1")
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
-    # as if killed during task 2: the checkpoint of task 1 is the last one, no results yet
-    killed = tmp_path / "killed"
-    shutil.copytree(tmp_path / "whole", killed)
-    (killed / "metrics.json").unlink(); (killed / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(killed / "csv" / "task_2")
-    resumed = run_experiment(resume_config(killed))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
-    assert csv_log(killed, "cl") == csv_log(tmp_path / "whole", "cl")  # the earlier tasks' rows kept, none twice
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
+    assert csv_log(tmp_path / "killed", "cl") == csv_log(tmp_path / "whole", "cl")  # the earlier tasks' rows kept, none twice
     # killed within task 1 (one step per Lightning step), resumed from its last step checkpoint
     with pytest.raises(Killed): run(tmp_path, "mid", no_data_root, experiment, *extra, *MID_TASK)
     assert not (tmp_path / "mid" / "checkpoints" / "task_1.ckpt").exists()

@@ -68,15 +68,12 @@ def test_job_label_only_in_a_worker_process():
 
 def test_resumed_run_counts_the_time_recorded_before_the_resume(tmp_path, no_data_root, caplog, monkeypatch):
     import logging
-    import shutil
     import clarena.loop as loop
     from clarena.train import compose_config, resume_config
+    from conftest import killed_during
     run_dir = tmp_path / "whole"
     loop.run_experiment(compose_config(None, ["experiment=smnist_til_finetuning", *TINY, f"paths.data_dir={no_data_root}", f"paths.output_dir={run_dir}"]))
-    killed = tmp_path / "killed"  # as if killed during task 1: task 0's checkpoint is the last
-    shutil.copytree(run_dir, killed)
-    (killed / "metrics.json").unlink()
-    for t in (1, 2): (killed / "checkpoints" / f"task_{t}.ckpt").unlink(); shutil.rmtree(killed / "csv" / f"task_{t}", ignore_errors=True)
+    killed = killed_during(run_dir, 1, tmp_path / "killed")  # task 0's checkpoint is the last
     resume_point = loop._resume_point
     def long_before(*a, **k):  # the part before the resume took 10 minutes
         first, progress, step = resume_point(*a, **k)

@@ -1,10 +1,5 @@
 """EWC and online EWC (Kirkpatrick et al. 2017; Schwarz et al. 2018) proven by their properties: the vectorised Fisher equals the
 per-sample loop, the running Fisher follows gamma, the penalty is the hand formula, state resumes, and they forget less than Finetuning."""
-import shutil
-from functools import partial
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
 
@@ -12,13 +7,10 @@ from clarena.algorithms.base import TaskData
 from clarena.algorithms.ewc import EWC, FISHER_KINDS, OnlineEWC
 from clarena.checkpoints import load_checkpoint
 from clarena.core import ConfigError
-from clarena.data.permuted import PermutedDataModule
 from clarena.loop import build, run_experiment
-from clarena.models.backbones import MLP
-from clarena.models.heads import HeadTIL
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, needs_fashion, nudge, small_til, start_task as task
+from conftest import needs_fashion, nudge, resumes_after_task, small_til, start_task as task
 
 W = "backbone.fcs.0.weight"
 
@@ -121,20 +113,14 @@ def test_bad_online_ewc_gamma(tmp_path, gamma):
 
 @pytest.mark.parametrize("algorithm", ["ewc", "online_ewc"])
 def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root, algorithm):
-    "A run of 3 tasks; then its end is undone (metrics.json and the last checkpoint deleted), as if killed in task 2, and resumed."
-    run = tmp_path / "run"
+    "A run of 3 tasks, copied as if killed in task 2 and resumed: the same matrices, and the same importances and anchors at its end."
     cfg = compose_config("pmnist_finetuning", [f"model/algorithm={algorithm}", "data.num_tasks=3", "trainer.limit_train_batches=30",
                                                "model.backbone.hidden_dims=[64,64]", "model.algorithm.fisher_samples=128",
                                                "trainer.deterministic=true", "trainer.enable_progress_bar=false", "measure_fwt=false",
-                                               f"paths.data_dir={no_data_root}", f"paths.output_dir={run}"])
+                                               f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'whole'}"])
     whole = run_experiment(cfg)
-    last = run / "checkpoints" / "task_2.ckpt"
-    kept = tmp_path / "task_2.ckpt"; shutil.copy(last, kept)
-    (run / "metrics.json").unlink(); last.unlink()
-    resumed = run_experiment(resume_config(run))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
-    before, after = (load_checkpoint(p)["state_dict"]["_extra_state"]["state"] for p in (kept, last))
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
+    before, after = (load_checkpoint(tmp_path / r / "checkpoints" / "task_2.ckpt")["state_dict"]["_extra_state"]["state"] for r in ("whole", "killed"))
     assert len(after["importances"]) == (3 if algorithm == "ewc" else 1)
     for key in ("importances", "anchors"):
         for b, a in zip(before[key], after[key]):

@@ -1,24 +1,15 @@
 """MAS (Aljundi et al., ECCV 2018) proven by its properties: the vectorised importance equals the per-sample loop, importances are
 summed over tasks at the latest anchor, the penalty is the hand formula, state resumes, and it forgets less than Finetuning."""
-import shutil
-from functools import partial
-from pathlib import Path
-
-import lightning as L
 import pytest
 import torch
 
-from clarena.algorithms.base import TaskData
 from clarena.algorithms.mas import MAS
 from clarena.checkpoints import load_checkpoint
 from clarena.core import ConfigError
-from clarena.data.permuted import PermutedDataModule
 from clarena.loop import build, run_experiment
-from clarena.models.backbones import MLP
-from clarena.models.heads import HeadTIL
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, nudge, small_til, start_task as task
+from conftest import needs_fashion, nudge, resumes_after_task, small_til, start_task as task
 
 W = "backbone.fcs.0.weight"
 
@@ -87,28 +78,21 @@ def test_bad_mas_config(tmp_path, override, message):
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root):
-    "A run of 3 tasks; then its end is undone (metrics.json and the last checkpoint deleted), as if killed in task 2, and resumed."
-    run = tmp_path / "run"
+    "A run of 3 tasks, copied as if killed in task 2 and resumed: the same matrices, and the same importances and anchors at its end."
     cfg = compose_config("pmnist_finetuning", ["model/algorithm=mas", "data.num_tasks=3", "trainer.limit_train_batches=30",
                                                "model.backbone.hidden_dims=[64,64]", "model.algorithm.importance_samples=128",
                                                "trainer.deterministic=true", "trainer.enable_progress_bar=false", "measure_fwt=false",
-                                               f"paths.data_dir={no_data_root}", f"paths.output_dir={run}"])
+                                               f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'whole'}"])
     whole = run_experiment(cfg)
-    last = run / "checkpoints" / "task_2.ckpt"
-    kept = tmp_path / "task_2.ckpt"; shutil.copy(last, kept)
-    (run / "metrics.json").unlink(); last.unlink()
-    resumed = run_experiment(resume_config(run))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
-    before, after = (load_checkpoint(p)["state_dict"]["_extra_state"]["state"] for p in (kept, last))
+    resumes_after_task(tmp_path, whole)  # killed during task 2, resumed from task 1's checkpoint
+    before, after = (load_checkpoint(tmp_path / r / "checkpoints" / "task_2.ckpt")["state_dict"]["_extra_state"]["state"] for r in ("whole", "killed"))
     for key in ("importances", "anchors"):
         assert len(before[key]) == len(after[key]) == 1
         assert all(torch.equal(before[key][0][n], after[key][0][n]) for n in before[key][0]), key
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(FASHION_DIR, "train-images-idx3-ubyte.gz").exists(),
-                    reason=f"needs Fashion-MNIST in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+@needs_fashion
 def test_forgets_less_than_finetuning_on_permuted_fashion_mnist(tmp_path):
     common = ["data=permuted_fashion_mnist", "data.num_tasks=3", "trainer.limit_train_batches=200", "measure_fwt=false",
               "trainer.enable_progress_bar=false", "seed=0"]

@@ -1,6 +1,5 @@
 """PackNet (Mallya & Lazebnik, CVPR 2018) proven by its invariants: earlier tasks' outputs unchanged bit for bit, BWT exactly
 zero, the prune keeps exactly the right count, chunks and resume give the uninterrupted matrices, bad settings stop."""
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,9 @@ from clarena.algorithms.packnet import FREE
 from clarena.checkpoints import load_checkpoint
 from clarena.core import ConfigError
 from clarena.loop import build, fit_task, make_trainer, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
+
+from conftest import resumes_after_task
 
 COMMON = ["model/algorithm=packnet", "data.num_tasks=3", "trainer.limit_train_batches=100", "measure_fwt=false",
           "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
@@ -47,13 +48,8 @@ def test_chunks_give_the_matrices_of_one_step_per_lightning_step(runs):
 
 def test_resume_gives_the_uninterrupted_run(runs, tmp_path):
     m, d = runs
-    cut = tmp_path / "cut"
-    shutil.copytree(d / "auto", cut)
-    (cut / "metrics.json").unlink(); (cut / "checkpoints" / "task_2.ckpt").unlink(); shutil.rmtree(cut / "csv" / "task_2")
-    resumed = run_experiment(resume_config(cut))
-    assert resumed["resumed_at_task"] == 2
-    assert resumed["acc_matrix"] == m["auto"]["acc_matrix"] and resumed["loss_matrix"] == m["auto"]["loss_matrix"]  # bit for bit
-    a, b = (load_checkpoint(r / "checkpoints" / "task_2.ckpt")["state_dict"] for r in (d / "auto", cut))
+    resumes_after_task(tmp_path, m["auto"], run_dir=d / "auto")  # killed during task 2, resumed from task 1's checkpoint
+    a, b = (load_checkpoint(r / "checkpoints" / "task_2.ckpt")["state_dict"] for r in (d / "auto", tmp_path / "killed"))
     assert a.keys() == b.keys() and {"owner_0", "owner_1", "shared_fixed"} <= set(a)
     for k in a: assert torch.equal(a[k], b[k]), k
 

@@ -2,7 +2,6 @@
 Fashion-MNIST, ER with 200 samples is far above Finetuning and A-GEM between the two (the order the DER paper reports on S-MNIST
 Class-IL with 200 samples: A-GEM 45.7, ER 80.4); steps in chunks give the matrices of one step per Lightning step; a resumed run
 (its buffer restored from the checkpoint) is the uninterrupted one; TIL and DIL run; bad sizes stop before training."""
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,9 @@ import torch
 from clarena.checkpoints import load_checkpoint
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, needs_fashion
+from conftest import needs_fashion, resumes_after_task
 
 # CIL Split Fashion-MNIST: 5 tasks of 2 classes, 200 steps of 64 per task, SGD lr 0.05, MLP 256-256, seed 0
 COMMON = ["data=split_fashion_mnist", "data.scenario=CIL", "data.num_tasks=5", "trainer.limit_train_batches=200", "measure_fwt=false",
@@ -57,13 +56,8 @@ def test_chunks_and_resume_give_the_uninterrupted_matrices(runs, tmp_path, name)
     one = run_experiment(compose_config("smnist_cil_finetuning", [*COMMON, *ALGORITHMS[name], "speed.steps_per_call=1",
                                                                   f"paths.output_dir={tmp_path / 'one'}"]))
     assert one["acc_matrix"] == whole["acc_matrix"] and one["loss_matrix"] == whole["loss_matrix"]
-    cut = tmp_path / "cut"  # as if killed during the last task
-    shutil.copytree(run_dir, cut)
-    (cut / "metrics.json").unlink(); (cut / "checkpoints" / "task_4.ckpt").unlink(); shutil.rmtree(cut / "csv" / "task_4")
-    resumed = run_experiment(resume_config(cut))
-    assert resumed["resumed_at_task"] == 4
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]  # bit for bit
-    a, b = (load_checkpoint(r / "checkpoints" / "task_4.ckpt")["state_dict"]["_extra_state"]["state"]["buffer"] for r in (run_dir, cut))
+    resumes_after_task(tmp_path, whole, task=4, run_dir=run_dir)  # killed during the last task, resumed from task 3's checkpoint
+    a, b = (load_checkpoint(r / "checkpoints" / "task_4.ckpt")["state_dict"]["_extra_state"]["state"]["buffer"] for r in (run_dir, tmp_path / "killed"))
     assert a.keys() == b.keys() >= {"x", "y", "task_id", "seen", "count"} and all(torch.equal(a[k], b[k]) for k in a)
 
 

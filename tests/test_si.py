@@ -1,18 +1,15 @@
 """SI (Zenke, Poole & Ganguli, ICML 2017) end to end: it forgets less than Finetuning on TIL Permuted Fashion-MNIST, a resumed
 run is the uninterrupted one, bad settings stop before training. Its defining property (the path integral on a quadratic loss)
 is tested in nbs/06b_si.ipynb."""
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
 from clarena.checkpoints import load_checkpoint
 from clarena.core import ConfigError
 from clarena.loop import build, run_experiment
-from clarena.train import compose_config, resume_config
+from clarena.train import compose_config
 
-from conftest import FASHION_DIR, finetuning_and, needs_fashion
+from conftest import finetuning_and, needs_fashion, resumes_after_task
 
 COMMON = ["data=permuted_fashion_mnist", "data.num_tasks=3", "trainer.limit_train_batches=150", "measure_fwt=false",
           "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
@@ -36,16 +33,8 @@ def test_si_forgets_less_than_finetuning(runs):
 @needs_fashion
 def test_si_resume_gives_the_uninterrupted_matrix(runs, tmp_path):
     m, whole = runs
-    cut = tmp_path / "cut"
-    shutil.copytree(whole, cut)
-    (cut / "metrics.json").unlink()
-    for t in (1, 2):  # what a kill during task 1 leaves behind
-        (cut / "checkpoints" / f"task_{t}.ckpt").unlink()
-        shutil.rmtree(cut / "csv" / f"task_{t}", ignore_errors=True)
-    resumed = run_experiment(resume_config(cut))
-    assert resumed["resumed_at_task"] == 1
-    assert resumed["acc_matrix"] == m["si"]["acc_matrix"] and resumed["loss_matrix"] == m["si"]["loss_matrix"]  # bit for bit
-    a, b = (load_checkpoint(r / "checkpoints" / "task_2.ckpt")["state_dict"]["_extra_state"]["state"] for r in (whole, cut))
+    resumes_after_task(tmp_path, m["si"], task=1, run_dir=whole)  # killed during task 1, resumed from task 0's checkpoint
+    a, b = (load_checkpoint(r / "checkpoints" / "task_2.ckpt")["state_dict"]["_extra_state"]["state"] for r in (whole, tmp_path / "killed"))
     assert set(a) == {"importance", "anchor", "omega", "start", "in_task"} and a["importance"]
     assert a.pop("in_task") == b.pop("in_task")  # a task checkpoint: written after the task's training, not within it
     for k in a:
@@ -63,14 +52,7 @@ def test_si_cil_grows_its_importance_and_resumes(tmp_path, no_data_root):
            for t in range(3)]
     assert [len(w) for w in imp] == [2, 4, 6]
     assert imp[0].sum() > 0 and imp[1][:2].sum() > 0 and imp[1][2:].sum() > 0  # the old rows keep theirs, the new rows learned theirs
-    cut = tmp_path / "cut"
-    shutil.copytree(tmp_path / "whole", cut)
-    (cut / "metrics.json").unlink()
-    for t in (1, 2):
-        (cut / "checkpoints" / f"task_{t}.ckpt").unlink()
-        shutil.rmtree(cut / "csv" / f"task_{t}", ignore_errors=True)
-    resumed = run_experiment(resume_config(cut))
-    assert resumed["acc_matrix"] == whole["acc_matrix"] and resumed["loss_matrix"] == whole["loss_matrix"]
+    resumes_after_task(tmp_path, whole, task=1)  # killed during task 1, resumed from task 0's checkpoint
 
 
 @pytest.mark.parametrize("override, message", [("model.algorithm.strength=-1", "SI's strength (c) must be a number >= 0.0, got -1"),
