@@ -93,7 +93,7 @@ def test_league_into_an_arena_in_use_is_refused_before_any_run(tmp_path):
 
 
 def test_three_scenarios_settings_are_the_papers(tmp_path):
-    "Split: 2 x 400 units, Adam lr 0.001, 2000 steps of 128; Permuted: 2 x 1000, lr 0.0001, 5000 steps; the strengths per scenario."
+    "Split: 2 x 400 units, Adam lr 0.001, 2000 steps of 128; Permuted: 2 x 1000, lr 0.0001, 5000 steps; the strengths per scenario; EWC's Fisher."
     p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST DIL", "Permuted FMNIST TIL"], ["EWC", "Online EWC", "SI"])
     c = {(b, a): x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
     s, q = c[("Split FMNIST DIL", "SI")], c[("Permuted FMNIST TIL", "SI")]
@@ -103,6 +103,8 @@ def test_three_scenarios_settings_are_the_papers(tmp_path):
     assert (s.model.algorithm.strength, q.model.algorithm.strength) == (500.0, 5.0)
     assert c[("Split FMNIST DIL", "EWC")].model.algorithm.strength == 1.0e6
     assert (c[("Split FMNIST DIL", "Online EWC")].model.algorithm.strength, c[("Split FMNIST DIL", "Online EWC")].model.algorithm.gamma) == (1.0e8, 0.7)
+    # the Fisher of the authors' code, with which those strengths were chosen: at the predicted class, over the whole training split
+    assert {(x.model.algorithm.fisher, x.model.algorithm.fisher_samples) for (b, a), x in c.items() if "EWC" in a} == {("predicted", None)}
     # Permuted in Class-IL, as the paper's code runs it: 10 tasks, a growing head, its class-scenario strengths
     p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Permuted FMNIST CIL"], ["EWC", "Online EWC", "SI"])
     c = {a: x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
@@ -114,7 +116,7 @@ def test_three_scenarios_settings_are_the_papers(tmp_path):
     p = shrink_preset(load_preset("three_scenarios"), [0], None, ["Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL"], ["LwF"])
     c = {b: x for b, a, x in preset_configs(p, [f"paths.data_dir={tmp_path}"])[0]}
     assert [c[b].model.algorithm.get("cil_classes") for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL", "Permuted FMNIST CIL")] == [None, None, "seen", "seen"]
-    committed = {d.name for d in (ROOT / "reports" / "arena" / "three_scenarios" / "runs").iterdir()}  # the Split runs are there, all 210
+    committed = {d.name for d in (ROOT / "reports" / "arena" / "three_scenarios" / "runs").iterdir()}  # the committed Split runs
     assert [run_identity(c[b]) in committed for b in ("Split FMNIST TIL", "Split FMNIST DIL", "Split FMNIST CIL")] == [True, True, True]
 
 

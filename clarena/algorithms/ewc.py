@@ -27,7 +27,7 @@ def per_sample_grads(fn: Callable, params: dict, *inputs: torch.Tensor) -> dict:
     return vmap(grad(one), in_dims=(None,) + (0,) * len(inputs))(params, *inputs)
 
 # %% ../../nbs/06a_ewc.ipynb #dda977cf
-FISHER_KINDS = ("empirical", "exact")
+FISHER_KINDS = ("empirical", "exact", "predicted")
 
 def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str = "empirical", module: torch.nn.Module | None = None) -> dict:
     """The diagonal Fisher information of the classifier `model_fn(params, x) -> logits` at `params`, averaged over the samples of
@@ -60,7 +60,8 @@ def _per_sample_fisher(model_fn: Callable, params: dict, batches: Iterable, kind
         if kind == "empirical": terms = [(None, y)]
         else:
             with torch.no_grad(): probs = model_fn(params, x).softmax(-1)
-            terms = [(probs[:, c], torch.full_like(y, c)) for c in range(probs.shape[1])]
+            terms = ([(None, probs.argmax(-1))] if kind == "predicted" else
+                     [(probs[:, c], torch.full_like(y, c)) for c in range(probs.shape[1])])
         for weight, labels in terms:
             for k, g in per_sample_grads(log_lik, params, x, labels).items():
                 fisher[k] += torch.einsum("b...,b...->...", g, g) if weight is None else torch.einsum("b,b...,b...->...", weight, g, g)
@@ -118,6 +119,7 @@ def linear_fisher(model_fn: Callable, params: dict, module: torch.nn.Module, bat
             logp = model_fn(p, x).log_softmax(-1)
             layers = [m for m in owner if m in seen]
             if kind == "empirical": terms = [(None, y)]
+            elif kind == "predicted": terms = [(None, logp.detach().argmax(-1))]
             else:
                 probs = logp.detach().exp()
                 terms = [(probs[:, c], torch.full_like(y, c)) for c in range(logp.shape[1])]
