@@ -31,7 +31,8 @@ FISHER_KINDS = ("empirical", "exact", "predicted")
 
 def diag_fisher(model_fn: Callable, params: dict, batches: Iterable, kind: str = "empirical", module: torch.nn.Module | None = None) -> dict:
     """The diagonal Fisher information of the classifier `model_fn(params, x) -> logits` at `params`, averaged over the samples of
-    `batches` (`(x, y)` pairs): `empirical` squares the gradient of $\\log p(y \\mid x)$ at the true label $y$; `exact` takes the true Fisher's exact
+    `batches` (`(x, y)` pairs): `empirical` squares the gradient of $\\log p(y \\mid x)$ at the true label $y$, `predicted` at the model's
+    predicted class (van de Ven & Tolias' estimate); `exact` takes the true Fisher's exact
     expectation over the model's prediction, $\\sum_c p(c \\mid x)\\,(\\nabla \\log p(c \\mid x))^2$. With `module` (the model
     `model_fn` runs) whose trainable parameters are all weights and biases of linear layers (`linear_like`), layer by layer (`linear_fisher`): the same
     numbers, a matrix product per layer in place of a gradient per sample; where `linear_layers` refuses the model, or the two ways
