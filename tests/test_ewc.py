@@ -19,11 +19,13 @@ def small(cls=EWC, **kw): return small_til(cls, **kw)
 
 
 def loop_fisher(model, params, x, y, kind):
-    "Per sample (and per class, weighted by p(c|x), for the exact Fisher): one backward pass, squared; averaged."
+    "Per sample (at the true or the predicted label, or per class weighted by p(c|x) for the exact Fisher): one backward pass, squared; averaged."
     out = {k: torch.zeros_like(p) for k, p in params.items()}
     for n in range(len(x)):
         logp = model(x[n:n + 1]).log_softmax(-1)[0]
-        for c, w in ([(int(y[n]), 1.0)] if kind == "empirical" else [(c, float(logp[c].exp())) for c in range(len(logp))]):
+        if kind == "exact": terms = [(c, float(logp[c].detach().exp())) for c in range(len(logp))]
+        else: terms = [(int(y[n]) if kind == "empirical" else int(logp.argmax()), 1.0)]
+        for c, w in terms:
             for p in params.values(): p.grad = None
             logp[c].backward(retain_graph=True)
             for k, p in params.items(): out[k] += w * p.grad ** 2
