@@ -97,8 +97,8 @@ def test_old_heads_stay_exactly_put():
 
 @pytest.mark.parametrize("override, message", [
     ("model.algorithm.strength=-1", "EWC's strength (lambda) must be a number >= 0.0, got -1"),
-    ("model.algorithm.fisher=sampled", "unknown EWC fisher 'sampled'; valid choices: 'empirical', 'exact'"),
-    ("model.algorithm.fisher=true", "unknown EWC fisher True; valid choices: 'empirical', 'exact'"),
+    ("model.algorithm.fisher=sampled", "unknown EWC fisher 'sampled'; valid choices: 'empirical', 'exact', 'predicted'"),
+    ("model.algorithm.fisher=true", "unknown EWC fisher True; valid choices: 'empirical', 'exact', 'predicted'"),
     ("model.algorithm.fisher_samples=0", "EWC's fisher_samples (null: every sample) must be an integer >= 1, got 0"),
     ("model.algorithm.fisher_batch_size=-3", "EWC's fisher_batch_size must be an integer >= 1, got -3"),
 ])
@@ -113,11 +113,12 @@ def test_bad_online_ewc_gamma(tmp_path, gamma):
         build(compose_config("pmnist_finetuning", ["model/algorithm=online_ewc", f"model.algorithm.gamma={gamma}", f"paths.data_dir={tmp_path}"]))
 
 
+@pytest.mark.parametrize("fisher", ["empirical", "predicted"])  # ewc.yaml's default, and the three_scenarios preset's
 @pytest.mark.parametrize("algorithm", ["ewc", "online_ewc"])
-def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root, algorithm):
+def test_resume_equals_the_uninterrupted_run(tmp_path, no_data_root, algorithm, fisher):
     "A run of 3 tasks, copied as if killed in task 2 and resumed: the same matrices, and the same importances and anchors at its end."
-    cfg = compose_config("pmnist_finetuning", [f"model/algorithm={algorithm}", "data.num_tasks=3", "trainer.limit_train_batches=30",
-                                               "model.backbone.hidden_dims=[64,64]", "model.algorithm.fisher_samples=128",
+    cfg = compose_config("pmnist_finetuning", [f"model/algorithm={algorithm}", f"model.algorithm.fisher={fisher}", "data.num_tasks=3",
+                                               "trainer.limit_train_batches=30", "model.backbone.hidden_dims=[64,64]", "model.algorithm.fisher_samples=128",
                                                "trainer.deterministic=true", "trainer.enable_progress_bar=false", "measure_fwt=false",
                                                f"paths.data_dir={no_data_root}", f"paths.output_dir={tmp_path / 'whole'}"])
     whole = run_experiment(cfg)

@@ -23,15 +23,14 @@ def runs(tmp_path_factory):
     return finetuning_and(tmp_path_factory, "lwf", ["model/algorithm=lwf"], COMMON)
 
 
-def resume_after_task_0(run_dir: Path, whole: dict, tmp_path: Path) -> dict:
+def resume_after_task_0(run_dir: Path, whole: dict, tmp_path: Path) -> None:
     """A copy of the finished run `run_dir` (its metrics `whole`) resumed as a kill during task 1 would have left it: the same matrices,
     and the same old model at its end, bit for bit."""
-    resumed = resumes_after_task(tmp_path, whole, task=1, run_dir=run_dir)
+    resumes_after_task(tmp_path, whole, task=1, run_dir=run_dir)
     last = f"task_{len(whole['acc_matrix']) - 1}.ckpt"
     a, b = (load_checkpoint(r / "checkpoints" / last)["state_dict"]["_extra_state"]["state"] for r in (run_dir, tmp_path / "killed"))
     assert a["old_head_classes"] == b["old_head_classes"] and a["old_model"].keys() == b["old_model"].keys()
     for k in a["old_model"]: assert torch.equal(a["old_model"][k], b["old_model"][k]), k
-    return resumed
 
 
 @needs_fashion
