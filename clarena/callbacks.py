@@ -6,7 +6,8 @@ Docs: https://clarena-dev.github.io/clarena/callbacks.html.md"""
 
 # %% ../nbs/05b_callbacks.ipynb #992e2440
 from __future__ import annotations
-import logging, math, sys
+import copy, logging, math, sys
+import torch
 from contextlib import contextmanager
 from pathlib import Path
 import lightning as L
@@ -163,7 +164,8 @@ class PatienceLR(L.Callback):
         self.history.append((trainer.current_epoch, value, lr))
         if value < self.best:
             self.best, self.wait = value, 0
-            if self.restore_best: self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            if self.restore_best: self.best_state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                                                    for k, v in pl_module.state_dict().items()}  # an algorithm's own state is a dict
             return
         self.wait += 1
         if self.wait < self.patience: return
