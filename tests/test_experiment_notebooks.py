@@ -26,6 +26,21 @@ def test_parameters_cells_survive_cleaning_and_are_listed():
     assert "experiment: str (default \"pmnist_finetuning\")" in out.stdout and "overrides: list (default [])" in out.stdout
 
 
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """papermill parses a parameters cell line by line and skips (with a warning only) a line with two '=', e.g. one in its comment:
+    the parameter then shows as unknown to `--help-notebook` and `-p` warns 'Passed unknown parameter'. Every parameter must parse."""
+    import ast
+    from papermill.translators import PythonTranslator
+    cells = [(p, c) for p in sorted((ROOT / "nbs").rglob("*.ipynb")) for c in json.loads(p.read_text())["cells"]
+             if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) >= 5, cells  # the experiment notebooks, the reports
+    for path, cell in cells:
+        src = "".join(cell["source"])
+        assigned = [t.id for n in ast.parse(src).body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+        assert [x.name for x in PythonTranslator.inspect({"source": src})] == assigned, path.name
+
+
 def test_papermill_run_equals_the_cli_run(tmp_path):
     overrides = [*SMALL, "seed=3", f"paths.data_dir={tmp_path / 'none'}"]
     (tmp_path / "nb").mkdir()  # the executed notebook away from the working directory: metrics.json must go beside it

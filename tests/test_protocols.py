@@ -189,6 +189,20 @@ def test_hat_protocol_every_method_runs_and_isolation_forgets_nothing(tmp_path):
     assert t["Finetuning"]["bwt"] <= 0.0
 
 
+def test_hat_protocol_committed_runs_are_the_presets(tmp_path):
+    "The runs committed under reports/arena/hat_protocol are runs the preset plans (the same identity) and their results check out."
+    from clarena.arena import check_results
+    planned = {run_identity(c): (b, a, c.seed) for b, a, c in preset_configs(load_preset("hat_protocol"), [f"paths.data_dir={tmp_path}"])[0]}
+    committed = sorted(d for d in (ROOT / "reports" / "arena" / "hat_protocol" / "runs").iterdir())
+    assert len(committed) >= 12
+    for d in committed:
+        assert d.name in planned, d.name
+        m = check_results(d)
+        b, a, seed = planned[d.name]
+        assert (m["algorithm"], m["seed"], m["num_tasks"], m["scenario"], m["commit"].endswith("-dirty")) == \
+            (a, seed, 5 if b.startswith("Split") else 10, "TIL", False), d.name
+
+
 @needs_fashion
 def test_hat_protocol_report_shows_capacity_beside_accuracy(tmp_path):
     args = [str(BIN / "papermill"), str(ROOT / "nbs" / "experiments" / "protocol_report.ipynb"), str(tmp_path / "report.ipynb"),
