@@ -38,6 +38,11 @@ ALGORITHMS = {  # name: (experiment, overrides); CIL where the method is defined
     "LUCIR": ("smnist_cil_finetuning", ["model/algorithm=lucir"]),
     "BiC": ("smnist_cil_finetuning", ["model/algorithm=bic"]), "X-DER": ("smnist_cil_finetuning", ["model/algorithm=xder"]),
     "GDumb": ("smnist_cil_finetuning", ["model/algorithm=gdumb"]),  # its stream steps only store; it trains at task ends (fit_on)
+    # the architecture family (TIL); WSN and NISPA with Adam, as hat_protocol trains them; NISPA's rewiring phases run at task ends, untimed
+    "AdaHAT (TIL)": ("smnist_til_finetuning", ["model/algorithm=adahat"]), "Fix (TIL)": ("smnist_til_finetuning", ["model/algorithm=fix"]),
+    "WSN (TIL)": ("smnist_til_finetuning", ["model/algorithm=wsn", "model/optimizer=adam", "model.optimizer.lr=0.01", "+model.optimizer.fused=true"]),
+    "NISPA (TIL)": ("smnist_til_finetuning", ["model/algorithm=nispa", "model/optimizer=adam", "model.optimizer.lr=0.01", "+model.optimizer.fused=true"]),
+    "CBP (TIL)": ("smnist_til_finetuning", ["model/algorithm=cbp"]),
 }
 
 

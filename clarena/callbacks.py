@@ -6,7 +6,7 @@ Docs: https://clarena-dev.github.io/clarena/callbacks.html.md"""
 
 # %% ../nbs/05b_callbacks.ipynb #992e2440
 from __future__ import annotations
-import copy, logging, math, sys
+import logging, math, sys
 import torch
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +14,8 @@ import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm.std import tqdm as text_tqdm
+
+from .checkpoints import state_copy
 
 # %% auto #0
 __all__ = ['RUN_LABEL', 'run_label', 'live_widgets', 'live_display', 'LineBar', 'StepProgressBar', 'PatienceLR', 'ProfilerReport']
@@ -164,8 +166,7 @@ class PatienceLR(L.Callback):
         self.history.append((trainer.current_epoch, value, lr))
         if value < self.best:
             self.best, self.wait = value, 0
-            if self.restore_best: self.best_state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                                                    for k, v in pl_module.state_dict().items()}  # an algorithm's own state is a dict
+            if self.restore_best: self.best_state = state_copy(pl_module)  # with the algorithm's own state (a dict), not only tensors
             return
         self.wait += 1
         if self.wait < self.patience: return

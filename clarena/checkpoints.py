@@ -18,9 +18,9 @@ from .rundirs import (atomic_write, RESULT_FILES, RESULT_SUFFIXES, check_name, r
 __all__ = ['CHECKPOINT_KEYS', 'CHECKPOINT_FORMAT', 'RUN_FREE_KEYS', 'STEP_CHECKPOINT', 'PREEMPTED_EXIT', 'PREEMPT_SIGNALS',
            'write_checkpoint', 'save_checkpoint', 'load_checkpoint', 'check_same_data', 'config_items',
            'config_identity', 'config_diff_keys', 'is_location_key', 'config_diff', 'task_fingerprint', 'run_binding',
-           'check_binding', 'restore', 'torch_rng_state', 'set_torch_rng_state', 'rng_state', 'set_rng_state',
-           'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state', 'load_callback_state',
-           'StepCheckpoint']
+           'check_binding', 'restore', 'state_copy', 'torch_rng_state', 'set_torch_rng_state', 'rng_state',
+           'set_rng_state', 'ResumableBatches', 'Preempted', 'PreemptionSignals', 'callback_state',
+           'load_callback_state', 'StepCheckpoint']
 
 # %% ../nbs/07a_checkpoints.ipynb #9d24bf72
 CHECKPOINT_KEYS = ("state_dict", "cl", "config", "progress")
@@ -185,6 +185,14 @@ def restore(algo, dm, ckpt: dict):
         if hasattr(m, "check_rows"): m.check_rows(cl["head_classes"], algo.head.scenario)
     algo.task_id = cl["task_id"]
     return algo
+
+# %% ../nbs/07a_checkpoints.ipynb #4d8e452a
+import copy
+
+def state_copy(module: torch.nn.Module, device=None) -> dict:
+    "`module.state_dict()` copied: tensors detached and cloned (onto `device` if given), the rest (an algorithm's own state) deep-copied."
+    return {k: v.detach().to(v.device if device is None else device, copy=True) if torch.is_tensor(v) else copy.deepcopy(v)
+            for k, v in module.state_dict().items()}
 
 # %% ../nbs/07a_checkpoints.ipynb #e1a70002
 import random, signal, sys, time

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import clarena
 from .core import ConfigError, TrainingError, check_choice, check_positive_int
 from . import metrics as M
-from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, \
+from .checkpoints import atomic_write, save_checkpoint, load_checkpoint, restore, new_run_dir, claim_run_dir, check_same_data, state_copy, \
     STEP_CHECKPOINT, ResumableBatches, StepCheckpoint, PreemptionSignals, resumable, rng_state, set_rng_state
 from .rundirs import unstarted
 from .reports import run_summary_html
@@ -487,7 +487,7 @@ class FitOn:
         "Keep the state `on_task_end` begins from (on the host; `loops`: the stream trainer's loop state), if step checkpoints are written."
         self.calls = 0
         if self.write is None: return
-        sd = {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v) for k, v in algo.state_dict().items()}
+        sd = state_copy(algo, "cpu")
         self.start = dict(state_dict=sd, cl=copy.deepcopy(algo.cl_state()), rng=rng_state(device), loops=loops or {})
 
     def __call__(self, algo, x: torch.Tensor, y: torch.Tensor, epochs: int = 1, batch_size: int | None = None):
