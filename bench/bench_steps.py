@@ -10,6 +10,7 @@ Finetuning is taken per round. Prints a table and writes one JSON line per algor
     python bench/bench_steps.py --device cuda --capture      # CUDA graphs for every algorithm that declares it can
 """
 import argparse
+import inspect
 import json
 import platform
 import statistics
@@ -79,7 +80,9 @@ def capture_option(name, capture: bool) -> list:
     from hydra.utils import get_class
     if not capture: return []
     cfg = compose_config(ALGORITHMS[name][0], [*ALGORITHMS[name][1], "paths.data_dir=/nonexistent"])
-    return ["speed.capture=true"] if get_class(cfg.model.algorithm._target_).capturable else []
+    if not get_class(cfg.model.algorithm._target_).capturable: return []
+    has = "capturable" in inspect.signature(get_class(cfg.model.optimizer._target_)).parameters  # Adam's step counter on the device
+    return ["speed.capture=true", *([f"{'' if 'capturable' in cfg.model.optimizer else '+'}model.optimizer.capturable=true"] if has else [])]
 
 
 def main():

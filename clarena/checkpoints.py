@@ -186,7 +186,7 @@ def restore(algo, dm, ckpt: dict):
     algo.task_id = cl["task_id"]
     return algo
 
-# %% ../nbs/07a_checkpoints.ipynb #4d8e452a
+# %% ../nbs/07a_checkpoints.ipynb #dbf422d9
 import copy
 
 def state_copy(module: torch.nn.Module, device=None) -> dict:
