@@ -19,11 +19,12 @@ __all__ = ['kth_largest', 'top_mask', 'subnet_mask', 'pack_mask', 'unpack_mask',
 
 # %% ../../nbs/06s_wsn.ipynb #3da60315
 _SHIFTS = torch.arange(7, -1, -1)
+_BRACKETED = 65536  # layers larger than this are selected from a bracket
 
 def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
     "The `k`-th largest entry of the 1-D `flat`, exactly: a strided sample brackets it, and only the entries inside the bracket are selected from (Floyd & Rivest's idea); all of `flat` where the bracket misses."
     n = flat.numel()
-    if n > 65536:
+    if n > _BRACKETED:
         ranked = flat[:: n // 16384].sort(descending=True).values
         m = ranked.numel()
         r, d = k * m // n, max(32, m // 50)  # the k-th's rank in the sample, and a margin of 2% of it either side
@@ -41,9 +42,12 @@ def _top(a: torch.Tensor, density: float) -> torch.Tensor:
     if flat.device.type != "cpu":  # an accelerator's topk is fast and needs no host sync, so the step stays capturable
         return torch.zeros_like(flat).scatter_(0, flat.topk(k).indices, 1.0).view_as(a)
     t = kth_largest(flat, k)  # on the CPU, selection: topk sorts, 6x slower on 4M scores
-    keep = flat >= t
+    if n <= _BRACKETED:  # no value read on the host, as with topk (the host-sync test's small layers check this path)
+        keep, ties = flat > t, flat == t  # ties at the k-th: the first ones in order are kept
+        return (keep | ties & (ties.cumsum(0) <= k - keep.sum())).to(a.dtype).view_as(a)
+    keep = flat >= t  # the bracket has read on the host already, and a cumsum would cost 20 ms on 4M scores
     extra = int(keep.sum()) - k
-    if extra: keep[(flat == t).nonzero().squeeze(1)[-extra:]] = False  # ties at the k-th: the first ones in order are kept
+    if extra: keep[(flat == t).nonzero().squeeze(1)[-extra:]] = False
     return keep.to(a.dtype).view_as(a)
 
 def top_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
