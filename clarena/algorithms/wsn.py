@@ -15,7 +15,8 @@ from ..core import ConfigError
 from .base import CLAlgorithm, check_number
 
 # %% auto #0
-__all__ = ['kth_largest', 'top_mask', 'subnet_mask', 'pack_mask', 'unpack_mask', 'shared_norms', 'masked_parameter_names', 'WSN']
+__all__ = ['kth_largest', 'top_mask', 'subnet_mask', 'masked_weight', 'pack_mask', 'unpack_mask', 'shared_norms',
+           'masked_parameter_names', 'WSN']
 
 # %% ../../nbs/06s_wsn.ipynb #3da60315
 _SHIFTS = torch.arange(7, -1, -1)
@@ -58,6 +59,22 @@ def subnet_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
     "`top_mask` in the forward pass (exactly 0 and 1), the identity to $|s|$ in the backward pass: the straight-through estimator."
     a = scores.abs()
     return _top(a.detach(), density) + (a - a.detach())
+
+class _MaskedWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, scores, density):
+        m = _top(scores.detach().abs(), density)
+        ctx.save_for_backward(w, scores, m)
+        return w * m
+
+    @staticmethod
+    def backward(ctx, g):  # what autograd gives through w * subnet_mask(s): g * m to w, (g * w) * sgn(s) to s
+        w, s, m = ctx.saved_tensors
+        return g * m, g * w * s.sign(), None
+
+def masked_weight(w: torch.Tensor, scores: torch.Tensor, density: float) -> torch.Tensor:
+    "`w * subnet_mask(scores, density)` as one autograd node: the same values and gradients bit for bit, without the identity's two passes."
+    return _MaskedWeight.apply(w, scores, density)
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     "A binary mask as `uint8` bytes, 8 entries each (the last byte padded with zeros)."
@@ -132,7 +149,7 @@ class WSN(CLAlgorithm):
 
     def forward(self, x, task_id):
         if self.task_id is None or task_id >= self.task_id:  # the current task: its mask from the scores
-            if self.training: params = {n: w * subnet_mask(s, self.density) for n, w, s in zip(self.masked_names, self.masked, self.scores)}
+            if self.training: params = {n: masked_weight(w, s, self.density) for n, w, s in zip(self.masked_names, self.masked, self.scores)}
             else: params = {n: torch.where(top_mask(s, self.density) > 0, w, 0.0) for n, w, s in zip(self.masked_names, self.masked, self.scores)}
         else: params = {n: torch.where(m, w, 0.0) for n, w, m in zip(self.masked_names, self.masked, self.task_masks(task_id))}
         return self.head(functional_call(self.backbone, params, (x,), dict(task_id=task_id)), task_id)
