@@ -63,7 +63,7 @@ def subnet_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
 class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, scores, density):
-        m = _top(scores.detach().abs(), density)
+        m = top_mask(scores, density)
         ctx.save_for_backward(w, scores, m)
         return w * m
 
