@@ -7,6 +7,7 @@ Docs: https://clarena-dev.github.io/clarena/wsn.html.md"""
 # %% ../../nbs/06s_wsn.ipynb #2a24b952
 from __future__ import annotations
 import math
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -20,21 +21,15 @@ __all__ = ['kth_largest', 'top_mask', 'subnet_mask', 'masked_weight', 'pack_mask
 
 # %% ../../nbs/06s_wsn.ipynb #3da60315
 _SHIFTS = torch.arange(7, -1, -1)
-_BRACKETED = 65536  # layers larger than this are selected from a bracket
+_ON_HOST = 65536  # on the CPU, layers larger than this are selected in numpy
+
+def _on_host(flat: torch.Tensor) -> bool: return flat.device.type == "cpu" and flat.numel() > _ON_HOST and flat.dtype in (torch.float32, torch.float64)
+def _kth_on_host(x: np.ndarray, k: int): return np.partition(x, x.size - k)[x.size - k]  # introselect: linear time
 
 def kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    "The `k`-th largest entry of the 1-D `flat`, exactly: a strided sample brackets it, and only the entries inside the bracket are selected from (Floyd & Rivest's idea); all of `flat` where the bracket misses."
-    n = flat.numel()
-    if n > _BRACKETED:
-        ranked = flat[:: n // 16384].sort(descending=True).values
-        m = ranked.numel()
-        r, d = k * m // n, max(32, m // 50)  # the k-th's rank in the sample, and a margin of 2% of it either side
-        hi, lo = ranked[max(0, r - d)], ranked[min(m - 1, r + d)]
-        above = int((flat > hi).sum())
-        if above < k:
-            band = flat[(flat >= lo) & (flat <= hi)]
-            if above + band.numel() >= k: return band.kthvalue(band.numel() - (k - above) + 1).values
-    return flat.kthvalue(n - k + 1).values
+    "The `k`-th largest entry of the 1-D `flat`, exactly: numpy's introselect (`np.partition`) for a CPU layer of more than 65,536 float entries, torch's `kthvalue` otherwise."
+    if _on_host(flat): return torch.as_tensor(_kth_on_host(flat.detach().numpy(), k))
+    return flat.kthvalue(flat.numel() - k + 1).values
 
 def _top(a: torch.Tensor, density: float) -> torch.Tensor:
     flat = a.flatten()
@@ -42,14 +37,16 @@ def _top(a: torch.Tensor, density: float) -> torch.Tensor:
     k = max(1, int(density * n + 0.5))
     if flat.device.type != "cpu":  # an accelerator's topk is fast and needs no host sync, so the step stays capturable
         return torch.zeros_like(flat).scatter_(0, flat.topk(k).indices, 1.0).view_as(a)
-    t = kth_largest(flat, k)  # on the CPU, selection: topk sorts, 6x slower on 4M scores
-    if n <= _BRACKETED:  # no value read on the host, as with topk (the host-sync test's small layers check this path)
-        keep, ties = flat > t, flat == t  # ties at the k-th: the first ones in order are kept
-        return (keep | ties & (ties.cumsum(0) <= k - keep.sum())).to(a.dtype).view_as(a)
-    keep = flat >= t  # the bracket has read on the host already, and a cumsum would cost 20 ms on 4M scores
-    extra = int(keep.sum()) - k
-    if extra: keep[(flat == t).nonzero().squeeze(1)[-extra:]] = False
-    return keep.to(a.dtype).view_as(a)
+    if _on_host(flat):  # selection, a comparison, a count and the float mask, each one pass in numpy: 5x faster than in torch on 4M scores
+        x = flat.numpy()
+        t = _kth_on_host(x, k)
+        keep = x >= t
+        extra = int(np.count_nonzero(keep)) - k  # ties at the k-th: the first ones in order are kept
+        if extra: keep[np.flatnonzero(x == t)[-extra:]] = False
+        return torch.from_numpy(keep.astype(x.dtype)).view_as(a)
+    t = kth_largest(flat, k)  # a small layer: nothing read on the host, as with topk (the host-sync test's small layers check this path)
+    keep, ties = flat > t, flat == t
+    return (keep | ties & (ties.cumsum(0) <= k - keep.sum())).to(a.dtype).view_as(a)
 
 def top_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
     "The binary mask (float) of the $k = \\max(1, \\lfloor c n \\rceil)$ largest $|s|$ of `scores` (ties at the $k$-th: the first in order, on the CPU)."
