@@ -4,8 +4,8 @@ which declare that they cannot be captured, are caught, so the check can fail. E
 and the eager warm-up the fast path runs before capturing), as in the GPU capture test. What is checked is what a graph replays,
 `optimizer_step_on` (the batch's loss to the optimizer step and `after_step`); `before_step` runs eagerly before each replay, outside
 the graph, so a host read there (CBP's count of units to replace) costs time but does not break capture, and is not checked here.
-WSN selects its masks by `topk` on an accelerator; on the CPU, layers of over 65,536 weights are selected from a bracket whose counts
-are read on the host (the CPU never captures), and the small layers here take its other path, which reads nothing on the host."""
+WSN selects its masks by `topk` on an accelerator; on the CPU, layers of over 65,536 weights are selected in numpy, in host memory
+(the CPU never captures), and the small layers here take its other path, in torch, which reads nothing on the host."""
 from pathlib import Path
 
 import pytest
