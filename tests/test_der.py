@@ -29,7 +29,7 @@ def test_derpp_far_above_finetuning_in_cil(derpp_sfmnist, tmp_path):
     ft = run_experiment(compose_config("smnist_cil_finetuning", [*SFMNIST_CIL, f"paths.output_dir={tmp_path}"]))
     assert derpp_sfmnist["algorithm"] == "DER++" and ft["algorithm"] == "Finetuning"
     assert ft["avg_acc"][-1] < 0.3, ft["acc_matrix"][-1]                     # measured: 0.1995
-    assert derpp_sfmnist["avg_acc"][-1] >= 0.5, derpp_sfmnist["acc_matrix"]  # measured: 0.7594
+    assert derpp_sfmnist["avg_acc"][-1] >= 0.5, derpp_sfmnist["acc_matrix"]  # measured: 0.7817
     assert min(derpp_sfmnist["acc_matrix"][-1]) > 0.3, derpp_sfmnist["acc_matrix"][-1]  # every task remembered
 
 
@@ -37,7 +37,7 @@ def test_derpp_far_above_finetuning_in_cil(derpp_sfmnist, tmp_path):
 @pytest.mark.skipif(not (ROOT / "clarena/conf/model/algorithm/er.yaml").exists(), reason="needs ER (model/algorithm=er)")
 def test_derpp_at_least_er_within_noise(derpp_sfmnist, tmp_path):
     er = run_experiment(compose_config("smnist_cil_finetuning", [*SFMNIST_CIL, "model/algorithm=er", f"paths.output_dir={tmp_path}"]))
-    assert derpp_sfmnist["avg_acc"][-1] >= er["avg_acc"][-1] - 0.03, (derpp_sfmnist["avg_acc"][-1], er["avg_acc"][-1])  # measured: 0.7594 vs 0.7537
+    assert derpp_sfmnist["avg_acc"][-1] >= er["avg_acc"][-1] - 0.03, (derpp_sfmnist["avg_acc"][-1], er["avg_acc"][-1])  # measured: 0.7817 vs 0.7537
 
 
 def run(tmp_path, name, data_root, experiment, *extra):
