@@ -172,4 +172,4 @@ def eval_main(): run_cli(_eval)
 def predict_main(): run_cli(_predict)
 
 # %% ../nbs/09_eval.ipynb #2ef6fbeb
-if __name__ == "__main__": eval_main()  # python -m clarena.evaluate is clarena-eval
+if __name__ == "__main__" and "IPython" not in sys.modules: eval_main()  # python -m clarena.evaluate is clarena-eval; not this notebook in a kernel

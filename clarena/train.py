@@ -451,4 +451,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/08_cli.ipynb #a439ffff
-if __name__ == "__main__": main()
+if __name__ == "__main__" and "IPython" not in sys.modules: main()  # python -m clarena.train, not this notebook in a kernel
