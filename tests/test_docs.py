@@ -135,6 +135,28 @@ def test_markdown_cells_are_not_commented_out():
     assert not bad, bad
 
 
+def _main_guards_run_in_a_kernel(nb_path):
+    "The cells of a notebook with an `if __name__ == \"__main__\"` guard that a Jupyter kernel passes (its code runs as `__main__`)."
+    nb = json.loads(Path(nb_path).read_text())
+    return [i for i, c in enumerate(nb["cells"]) for line in "".join(c["source"]).splitlines()
+            if re.match(r"\s*if __name__ == .__main__.", line) and '"IPython" not in sys.modules' not in line]
+
+
+def test_main_guard_check_can_fail(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": ['#| export\n', 'if __name__ == "__main__": main()\n']},
+                    {"cell_type": "code", "source": ['if __name__ == "__main__" and "IPython" not in sys.modules: main()\n']}]}
+    (tmp_path / "x.ipynb").write_text(json.dumps(nb))
+    assert _main_guards_run_in_a_kernel(tmp_path / "x.ipynb") == [0]
+
+
+def test_run_all_in_jupyter_never_starts_a_command_line():
+    """A chapter's `if __name__ == "__main__": main()` is true in a Jupyter kernel, and Run all then hands the kernel's own arguments
+    (`-f <connection file>`) to Hydra, which stops with exit status 2: the guard skips a kernel (`python -m` still runs it)."""
+    bad = {str(p.relative_to(ROOT)): cells for p in sorted(NBS.rglob("*.ipynb"))
+           if ".ipynb_checkpoints" not in p.parts and (cells := _main_guards_run_in_a_kernel(p))}
+    assert not bad, bad
+
+
 def _private_paths(nb_path):
     "The cells of a notebook whose source names a developer's machine (`/work/...`, `/root/...`)."
     nb = json.loads(Path(nb_path).read_text())
